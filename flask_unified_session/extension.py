@@ -1,0 +1,190 @@
+"""The Flask extension: one factory per app, on the app's engines, and its two managers.
+
+Configuration precedence, stated once:
+
+* with ``db=`` (Flask-SQLAlchemy): its engines and bind routing are adopted as they are;
+  no engine is created. ``UNIFIED_SESSION_EXPIRE_ON_COMMIT`` (default ``False``) applies to
+  the unit-of-work sessions only; ``db.session`` keeps its own settings.
+* without ``db``: the URL is the first set of ``UNIFIED_SESSION_DATABASE_URL``,
+  ``SQLALCHEMY_DATABASE_URI`` and ``DATABASE_URL`` in ``app.config``, then ``DATABASE_URL``
+  in the environment; pool settings are ``UNIFIED_SESSION_POOL_SIZE``,
+  ``UNIFIED_SESSION_MAX_OVERFLOW``, ``UNIFIED_SESSION_POOL_TIMEOUT``,
+  ``UNIFIED_SESSION_POOL_RECYCLE``, ``UNIFIED_SESSION_POOL_PRE_PING`` and
+  ``UNIFIED_SESSION_ECHO``.
+* ``UNIFIED_SESSION_COMMIT_MODE``: ``manual`` (default), ``autocommit`` or
+  ``autocommit_include_redirect``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections import ChainMap
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app, g, has_app_context, has_request_context, request
+from sqlalchemy.engine import Engine
+
+from . import session_factory as _factory_module
+from .config import ConfigurationError, Settings
+from .engines import register_engine
+from .managers import COMMIT_MODES, RequestSessionManager, UnitOfWorkManager
+from .session_factory import SessionFactory
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+
+__all__ = ["ContextProvider", "UnifiedSession", "UnifiedSessionState"]
+
+EXTENSION_KEY = "unified_session"
+URL_KEYS = ("UNIFIED_SESSION_DATABASE_URL", "SQLALCHEMY_DATABASE_URI", "DATABASE_URL")
+
+ContextProvider = Callable[[], Mapping[str, Any] | None]
+
+
+@dataclass
+class UnifiedSessionState:
+    """What the extension keeps for one app, in ``app.extensions["unified_session"]``."""
+
+    extension: UnifiedSession
+    factory: SessionFactory
+    engines: dict[str | None, Engine]
+    db: SQLAlchemy | None
+    commit_mode: str
+    unified_session_manager: UnitOfWorkManager = field(init=False)
+    request_session_manager: RequestSessionManager = field(init=False)
+
+
+class UnifiedSession:
+    """Gives a Flask app one way to get a session, on one pool per database.
+
+    ``init_app(app, db=db)`` adopts Flask-SQLAlchemy's engines (no second pool) and puts
+    ``app.unified_session_manager`` (``get_db_session()``: a unit of work that records who
+    acted) and ``app.request_session_manager`` (``session_scope()``: the request's session,
+    the one behind ``db.session``) on the app. Nothing connects until first use.
+
+    Context providers (``@unified.context_provider``) add entries to ``session.info`` of
+    every unit of work, for example a tenant id.
+    """
+
+    def __init__(self, app: Flask | None = None, db: SQLAlchemy | None = None) -> None:
+        self.context_providers: list[ContextProvider] = []
+        if app is not None:
+            self.init_app(app, db=db)
+
+    def context_provider(self, provider: ContextProvider) -> ContextProvider:
+        """Register ``provider``; its mapping is merged into ``session.info``."""
+        self.context_providers.append(provider)
+        return provider
+
+    def init_app(self, app: Flask, db: SQLAlchemy | None = None) -> None:
+        """Register the extension on ``app``; refuses a second registration."""
+        if EXTENSION_KEY in app.extensions:
+            raise RuntimeError(
+                f"flask_unified_session is already registered on app {app.name!r} "
+                f"(app.extensions[{EXTENSION_KEY!r}] exists); call init_app once per app"
+            )
+        commit_mode = app.config.get("UNIFIED_SESSION_COMMIT_MODE", "manual")
+        if commit_mode not in COMMIT_MODES:
+            raise ConfigurationError(
+                f"UNIFIED_SESSION_COMMIT_MODE must be one of {', '.join(COMMIT_MODES)}, "
+                f"got {commit_mode!r}"
+            )
+        if db is not None:
+            factory, engines = _adopt_flask_sqlalchemy(app, db)
+        else:
+            settings = Settings.from_mapping(
+                ChainMap(app.config, {"DATABASE_URL": os.environ.get("DATABASE_URL")}),
+                url_keys=URL_KEYS,
+                prefix="UNIFIED_SESSION_",
+            )
+            factory = SessionFactory(settings=settings)
+            engines = {None: factory.engine}
+        factory.signal_sender = app
+        factory.context_provider = self._context
+        state = UnifiedSessionState(self, factory, engines, db, commit_mode)
+        state.unified_session_manager = UnitOfWorkManager(factory)
+        state.request_session_manager = RequestSessionManager(app, factory, db)
+        app.extensions[EXTENSION_KEY] = state
+        app.unified_session_manager = state.unified_session_manager  # type: ignore[attr-defined]
+        app.request_session_manager = state.request_session_manager  # type: ignore[attr-defined]
+        state.request_session_manager.install(commit_mode)
+
+    def _context(self) -> dict[str, Any]:
+        info: dict[str, Any] = {}
+        if has_request_context():
+            info["endpoint"] = request.endpoint
+            info["request_id"] = _request_id()
+            user_id = _login_user_id()
+            if user_id is not None:
+                info["user_id"] = user_id
+        for provider in self.context_providers:
+            extra = provider()
+            if extra:
+                info.update(extra)
+        return info
+
+
+def get_state(app: Flask) -> UnifiedSessionState:
+    """The extension's state for ``app``, or an error saying how to install it."""
+    try:
+        state: UnifiedSessionState = app.extensions[EXTENSION_KEY]
+    except KeyError:
+        raise RuntimeError(
+            f"flask_unified_session is not installed on app {app.name!r}: "
+            "call UnifiedSession(app) or unified.init_app(app, db=db)"
+        ) from None
+    return state
+
+
+def _adopt_flask_sqlalchemy(
+    app: Flask, db: SQLAlchemy
+) -> tuple[SessionFactory, dict[str | None, Engine]]:
+    if "sqlalchemy" not in app.extensions:
+        raise RuntimeError("call db.init_app(app) before unified.init_app(app, db=db)")
+    with app.app_context():
+        engines: dict[str | None, Engine] = dict(db.engines)
+    for engine in engines.values():
+        register_engine(engine)
+    # The unit-of-work sessions use Flask-SQLAlchemy's own Session class and options, so
+    # models with __bind_key__ reach the same engines as through db.session.
+    maker = db.session.session_factory
+    options = {k: v for k, v in maker.kw.items() if k != "bind"}
+    options["expire_on_commit"] = bool(app.config.get("UNIFIED_SESSION_EXPIRE_ON_COMMIT", False))
+    default = engines.get(None) or next(iter(engines.values()))
+    return SessionFactory(engine=default, class_=maker.class_, **options), engines
+
+
+def _request_id() -> str:
+    request_id: str | None = g.get("_unified_session_request_id")
+    if request_id is None:
+        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
+        g._unified_session_request_id = request_id
+    return request_id
+
+
+def _login_user_id() -> Any:
+    # Flask-Login is optional: only consulted when the app has a login manager.
+    if getattr(current_app, "login_manager", None) is None:
+        return None
+    from flask_login import current_user
+
+    if current_user.is_authenticated:
+        return current_user.get_id()
+    return None
+
+
+def _current_app_factory() -> SessionFactory | None:
+    if has_app_context():
+        state = current_app.extensions.get(EXTENSION_KEY)
+        if state is not None:
+            factory: SessionFactory = state.factory
+            return factory
+    return None
+
+
+# Inside an app context, the package's create_session() and session_scope() use the app's
+# engine: one pool for the routes and the code they call.
+_factory_module._current_factory_hooks.append(_current_app_factory)

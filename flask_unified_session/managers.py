@@ -1,0 +1,132 @@
+"""The two managers an app gets: a unit of work, and the request's session.
+
+Both enter the factory's :class:`~flask_unified_session.session_factory.UnitOfWork`; they
+differ only in where the session comes from and who closes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from flask import Flask, Response, g, has_app_context
+from sqlalchemy.orm import Session
+from werkzeug.exceptions import InternalServerError
+
+from .session_factory import SessionFactory, UnitOfWork
+
+if TYPE_CHECKING:
+    from flask_sqlalchemy import SQLAlchemy
+
+__all__ = ["COMMIT_MODES", "RequestSessionManager", "UnitOfWorkManager"]
+
+COMMIT_MODES = ("manual", "autocommit", "autocommit_include_redirect")
+_LAST_COMMIT_STATUS = {"autocommit": 299, "autocommit_include_redirect": 399}
+_G_SESSION = "_unified_session_request_session"
+
+log = logging.getLogger("flask_unified_session")
+
+
+class UnitOfWorkManager:
+    """``app.unified_session_manager``: units of work on the app's engines."""
+
+    def __init__(self, factory: SessionFactory) -> None:
+        self.factory = factory
+
+    def get_db_session(self, nested: bool = False, independent: bool = False) -> UnitOfWork:
+        """A unit of work that records who acted in ``session.info``.
+
+        Commits when the block ends normally, rolls back and re-raises on any exception,
+        always closes. Inside another unit of work of this app (including the request's
+        ``session_scope()``) it joins that one; ``nested=True`` makes it a SAVEPOINT,
+        ``independent=True`` gives it its own session and transaction.
+        """
+        return self.factory.session_scope(nested=nested, independent=independent)
+
+
+class RequestSessionManager:
+    """``app.request_session_manager``: the session of the current app context."""
+
+    def __init__(self, app: Flask, factory: SessionFactory, db: SQLAlchemy | None) -> None:
+        self.app = app
+        self.factory = factory
+        self.db = db
+
+    def session_scope(self) -> UnitOfWork:
+        """The request's session as a unit of work that does not close it.
+
+        Commits on success and rolls back on error; the session (with Flask-SQLAlchemy,
+        the one behind ``db.session``) stays open, its objects attached, until the app
+        context ends.
+        """
+        if not has_app_context():
+            raise RuntimeError(
+                "request_session_manager.session_scope() needs an application context "
+                "(a request, a CLI command, or 'with app.app_context():'). Outside one, use "
+                "flask_unified_session.session_scope() or create_session(); inside one, "
+                "current_app.unified_session_manager.get_db_session() is a unit of work"
+            )
+        return UnitOfWork(
+            self.factory,
+            self.current_session,
+            close=False,
+            sender=self.app,
+            context=self.factory.context_provider,
+        )
+
+    def current_session(self) -> Session:
+        """The current app context's session, created on first use."""
+        if self.db is not None:
+            session: Session = self.db.session()
+            return session
+        session = g.get(_G_SESSION)
+        if session is None:
+            session = self.factory.sessionmaker()
+            setattr(g, _G_SESSION, session)
+        return session
+
+    def _existing_session(self) -> Session | None:
+        # Never creates one: a request that did not touch the database costs nothing.
+        if self.db is not None:
+            if not self.db.session.registry.has():
+                return None
+            existing: Session = self.db.session()
+            return existing
+        current: Session | None = g.get(_G_SESSION)
+        return current
+
+    def install(self, commit_mode: str) -> None:
+        """Register the teardown (and the commit-mode hook) on the app."""
+        if self.db is None:
+            self.app.teardown_appcontext(self._close_at_teardown)
+        last_status = _LAST_COMMIT_STATUS.get(commit_mode)
+        if last_status is not None:
+
+            def commit_by_status(response: Response) -> Response:
+                return self._commit_by_status(response, last_status)
+
+            self.app.after_request(commit_by_status)
+
+    def _close_at_teardown(self, _exc: BaseException | None) -> None:
+        session = g.pop(_G_SESSION, None)
+        if session is not None:
+            try:
+                session.close()  # rolls back whatever was not committed
+            except Exception:
+                log.exception("closing the request's session failed")
+
+    def _commit_by_status(self, response: Response, last_status: int) -> Response:
+        session = self._existing_session()
+        if session is None or not 200 <= response.status_code <= last_status:
+            return response
+        try:
+            session.commit()
+        except Exception as exc:
+            log.exception("commit of the request's session failed; answering 500")
+            try:
+                session.rollback()
+            except Exception:
+                log.warning("rollback after the failed commit failed too", exc_info=True)
+            error = InternalServerError(original_exception=exc)
+            return self.app.make_response(self.app.handle_http_exception(error))
+        return response

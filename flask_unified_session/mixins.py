@@ -1,0 +1,40 @@
+"""A base class for services that run in a request, a thread, a worker or a script."""
+
+from __future__ import annotations
+
+from flask import current_app, has_app_context
+
+from .session_factory import SessionFactory, UnitOfWork, get_default_factory
+
+__all__ = ["SessionServiceMixin"]
+
+
+class SessionServiceMixin:
+    """Gives a service ``self.db_session()``: one unit of work wherever it runs.
+
+    * inside an app context with the extension installed: the app's
+      ``unified_session_manager.get_db_session()`` (joins the request's unit of work);
+    * elsewhere: a unit of work on ``self.db_manager.get_session()``, a legacy manager or a
+      :class:`SessionFactory`;
+    * with no ``db_manager`` (absent or ``None``): the default factory (``DATABASE_URL``).
+
+    Every branch enters the same :class:`UnitOfWork`: commit on success, roll back on
+    error, always close, the same nesting rule.
+    """
+
+    def db_session(self, nested: bool = False, independent: bool = False) -> UnitOfWork:
+        """A unit of work for this service's current surroundings."""
+        if has_app_context():
+            manager = getattr(current_app, "unified_session_manager", None)
+            if manager is not None:
+                scope: UnitOfWork = manager.get_db_session(nested=nested, independent=independent)
+                return scope
+        db_manager = getattr(self, "db_manager", None)
+        if db_manager is None:
+            return get_default_factory().session_scope(nested=nested, independent=independent)
+        if isinstance(db_manager, SessionFactory):
+            return db_manager.session_scope(nested=nested, independent=independent)
+        # A legacy manager: its get_session() opens, the protocol commits, rolls back, closes.
+        return UnitOfWork(
+            db_manager, db_manager.get_session, nested=nested, independent=independent
+        )

@@ -1,0 +1,150 @@
+"""Project discovery and the ``[tool.flask-unified-session]`` configuration table."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from flask_unified_session.tooling.findings import RULES
+
+ROOT_MARKERS = ("pyproject.toml", "setup.cfg", ".git")
+SECTION = "tool.flask-unified-session"
+
+DEFAULT_MANAGER_NAMES = ("db_manager", "self.db_manager", "database_manager")
+DEFAULT_SESSION_FACTORIES = ("SessionLocal", "get_session")
+DEFAULT_MIGRATE_TARGET = "current_app.unified_session_manager.get_db_session()"
+DEFAULT_SERVICE_TARGET = "self.db_session()"
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Settings of ``check`` and ``migrate`` (defaults when no configuration is found)."""
+
+    manager_names: tuple[str, ...] = DEFAULT_MANAGER_NAMES
+    session_factories: tuple[str, ...] = DEFAULT_SESSION_FACTORIES
+    engine_modules: tuple[str, ...] = ()
+    ignore: frozenset[str] = frozenset()
+    exclude: tuple[str, ...] = ()
+    migrate_target: str = DEFAULT_MIGRATE_TARGET
+    service_target: str = DEFAULT_SERVICE_TARGET
+    source: Path | None = None
+    warnings: tuple[str, ...] = field(default=(), compare=False)
+
+    def is_manager(self, dotted: str | None) -> bool:
+        """True when ``dotted`` (e.g. ``self.db_manager``) names a db manager.
+
+        A configured name without dots also matches as the last attribute (``app.db_manager``).
+        """
+        if dotted is None:
+            return False
+        if dotted in self.manager_names:
+            return True
+        last = dotted.rpartition(".")[2]
+        return any("." not in name and name == last for name in self.manager_names)
+
+
+def find_project_root(path: Path) -> Path:
+    """The nearest folder at or above ``path`` holding a root marker, else ``path``'s folder."""
+    start = path.resolve()
+    if not start.is_dir():
+        start = start.parent
+    for folder in (start, *start.parents):
+        if any((folder / marker).exists() for marker in ROOT_MARKERS):
+            return folder
+    return start
+
+
+def _load_toml(path: Path) -> dict[str, Any] | None:
+    """Parse a TOML file; None when no TOML parser is available (Python 3.10 without tomli)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+
+        with path.open("rb") as handle:
+            try:
+                return tomllib.load(handle)
+            except tomllib.TOMLDecodeError as exc:
+                raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    try:  # pragma: no cover - exercised on Python 3.10 only
+        import tomli  # type: ignore[import-not-found, unused-ignore]
+    except ImportError:  # pragma: no cover
+        return None
+    with path.open("rb") as handle:  # pragma: no cover
+        try:
+            data: dict[str, Any] = tomli.load(handle)
+        except tomli.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+        return data
+
+
+def _string_list(path: Path, key: str, value: object) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{path}: [{SECTION}] {key} must be a list of strings")
+    return tuple(value)
+
+
+def _string(path: Path, key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{path}: [{SECTION}] {key} must be a non-empty string")
+    return value
+
+
+def parse_table(path: Path, table: object) -> Config:
+    """Build a :class:`Config` from the ``[tool.flask-unified-session]`` table of ``path``."""
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{SECTION}] must be a table")
+    config = Config(source=path)
+    for key, value in table.items():
+        if key == "manager-names":
+            config = replace(config, manager_names=_string_list(path, key, value))
+        elif key == "session-factories":
+            config = replace(config, session_factories=_string_list(path, key, value))
+        elif key == "engine-modules":
+            config = replace(config, engine_modules=_string_list(path, key, value))
+        elif key == "exclude":
+            config = replace(config, exclude=_string_list(path, key, value))
+        elif key == "ignore":
+            codes = _string_list(path, key, value)
+            unknown = [c for c in codes if c not in RULES]
+            if unknown:
+                raise ConfigError(
+                    f"{path}: [{SECTION}] ignore: unknown rule code(s) {', '.join(unknown)}"
+                )
+            config = replace(config, ignore=frozenset(codes))
+        elif key == "migrate-target":
+            config = replace(config, migrate_target=_string(path, key, value))
+        elif key == "service-target":
+            config = replace(config, service_target=_string(path, key, value))
+        else:
+            raise ConfigError(f"{path}: [{SECTION}] unknown key {key!r}")
+    return config
+
+
+def load_config(root: Path) -> Config:
+    """Read the configuration of the project at ``root`` (defaults when there is none)."""
+    pyproject = root / "pyproject.toml"
+    if not pyproject.is_file():
+        return Config()
+    try:
+        text = pyproject.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{pyproject}: cannot read: {exc}") from exc
+    if "flask-unified-session" not in text:
+        return Config()
+    data = _load_toml(pyproject)
+    if data is None:  # pragma: no cover - Python 3.10 without tomli
+        return Config(
+            warnings=(
+                f"{pyproject}: [{SECTION}] ignored: reading it on Python 3.10 needs tomli "
+                "(pip install tomli)",
+            )
+        )
+    tool = data.get("tool", {})
+    if not isinstance(tool, dict) or "flask-unified-session" not in tool:
+        return Config()
+    return parse_table(pyproject, tool["flask-unified-session"])
