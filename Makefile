@@ -43,7 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 soak: $(STAMP)
-	$(BIN)/pytest -m "reliability or soak" --soak tests/reliability
+	FUS_SOAK=1 $(BIN)/pytest -m reliability tests/reliability
 
 clean:
 	rm -rf $(VENV) docs/_build .mypy_cache .ruff_cache build *.egg-info

@@ -152,8 +152,10 @@ def parse_url(raw: object, key: str) -> URL:
             url = make_url(text)
             url.port  # noqa: B018 - the port is parsed lazily; a bad one must fail here
         except (ArgumentError, ValueError):
+            # Without '://' the value may be anything, a pasted password included: not shown.
+            shown = repr(redact_url(text)) if "://" in text else "(no 'dialect://'; value hidden)"
             raise ConfigurationError(
-                f"{key} is not a valid SQLAlchemy URL: {redact_url(text)!r} "
+                f"{key} is not a valid SQLAlchemy URL: {shown} "
                 f"(expected 'dialect+driver://user:password@host:port/database')"
             ) from None
     try:
