@@ -132,7 +132,8 @@ def test_runtime_never_imports_tooling() -> None:
     code = (
         "import sys, flask_unified_session as f; f.UnifiedSession; f.SessionServiceMixin;"
         "import flask_unified_session.cli;"
-        "print([m for m in sys.modules if m.startswith(('libcst', 'flask_unified_session.tooling'))])"
+        "print([m for m in sys.modules"
+        "       if m.startswith(('libcst', 'flask_unified_session.tooling'))])"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

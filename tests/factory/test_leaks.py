@@ -17,7 +17,7 @@ def test_unclosed_session_warns_with_creation_site(tmp_path: Path) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         session = factory.create_session()
-        line = __import__("inspect").currentframe().f_lineno  # noqa: E702
+        line = __import__("inspect").currentframe().f_lineno - 1
         del session
         gc.collect()
     messages = [str(w.message) for w in caught if issubclass(w.category, ResourceWarning)]
