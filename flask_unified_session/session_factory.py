@@ -102,15 +102,13 @@ _active: ContextVar[tuple[_Unit, ...]] = ContextVar("flask_unified_session_units
 
 
 def _owner() -> tuple[int, object]:
-    # A task created inside a scope inherits the context (and so the stack): the task id
-    # keeps it from joining a session that another task is using concurrently.
+    # A task created inside a scope inherits the context (and so the stack): the task
+    # keeps it from joining a session that another task is using concurrently. The loop
+    # probe is cheap; current_task() is only asked when a loop runs in this thread.
     task = None
     asyncio = sys.modules.get("asyncio")
-    if asyncio is not None:
-        try:  # noqa: SIM105 - on every scope entry: try/except is the cheaper form
-            task = asyncio.current_task()
-        except RuntimeError:
-            pass
+    if asyncio is not None and asyncio._get_running_loop() is not None:
+        task = asyncio.current_task()
     return (threading.get_ident(), task)
 
 

@@ -27,4 +27,9 @@ ALL = (session_opened, session_committed, session_rolled_back, session_closed)
 
 def anyone_listening() -> bool:
     """True when any lifecycle signal has a receiver."""
-    return any(signal.receivers for signal in ALL)
+    return bool(
+        session_opened.receivers
+        or session_committed.receivers
+        or session_rolled_back.receivers
+        or session_closed.receivers
+    )

@@ -1,0 +1,419 @@
+"""``python -m benchmarks``: every workload, every candidate, one process, one report."""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import os
+import pstats
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from typing import Any
+
+from flask_unified_session import DuplicateEngineWarning, dispose_engines, set_default_factory
+
+from . import load, startup, units
+from .common import create_schema, drop_schema, machine, postgresql_url, reachable, table, verdict
+
+FLOOR = "sqlalchemy (floor)"
+FSA = "flask_sqlalchemy db.session"
+W12_TARGETED = ("session_scope()", "get_db_session()")
+W3_TARGETED = (
+    "session_scope()",
+    "get_db_session()",
+    "request manager session_scope()",
+    "mixin db_session()",
+)
+MAX_CPU_OVER_US = 25.0
+MIN_RATIO_W12 = 0.95
+MIN_RATIO_W3 = 1.0
+MAX_IMPORT_MS = 30.0
+MAX_MEMORY_MB = 2.0
+
+SIZES = {
+    # section: (full, quick)
+    # many short rounds: the median then shrugs off a burst of another process's work
+    "ops_sqlite": (200, 100),
+    "ops_postgresql": (60, 30),
+    "rounds": (15, 5),
+    "load_rounds": (3, 1),
+    "load_requests": (2000, 500),
+    "load_seconds": (8.0, 4.0),
+    "import_runs": (15, 5),
+    "memory_units": (100_000, 20_000),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="fewer operations and rounds")
+    parser.add_argument(
+        "--only",
+        default="units,routes,load,import,memory",
+        help="comma-separated sections: units (W1, W2), routes (W3), load (W4), import, memory",
+    )
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    parser.add_argument(
+        "--profile",
+        metavar="CANDIDATE",
+        help="cProfile one W1 candidate on each backend (e.g. 'get_db_session()')",
+    )
+    args = parser.parse_args(argv)
+    size = {k: v[1] if args.quick else v[0] for k, v in SIZES.items()}
+    sections = set(args.only.split(","))
+    warnings.simplefilter("ignore", DuplicateEngineWarning)
+    started = time.perf_counter()
+
+    print("# flask-unified-session benchmarks" + (" (--quick)" if args.quick else ""))
+    print()
+    print(table(["machine", ""], machine()))
+    print()
+    report: dict[str, Any] = {"machine": dict(machine()), "targets": []}
+    targets: list[tuple[str, str, bool]] = []
+
+    tmp = tempfile.mkdtemp(
+        prefix="fus-bench-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None
+    )
+    backends: dict[str, str] = {}
+    for backend in args.backends.split(","):
+        if backend == "sqlite":
+            backends["sqlite"] = f"sqlite:///{os.path.join(tmp, 'bench.db')}"
+        elif backend == "postgresql":
+            url = postgresql_url()
+            why = reachable(url)
+            if why is None:
+                backends["postgresql"] = url
+            else:
+                print(f"> PostgreSQL skipped: {why} (set TEST_POSTGRESQL_URL)\n")
+    try:
+        for backend, url in backends.items():
+            ops = size[f"ops_{backend}"]
+            if sections & {"units", "routes"} or args.profile:
+                app, db = units.make_app(url)
+                with app.app_context():
+                    engine = db.engine
+                    create_schema(engine)
+                try:
+                    if args.profile:
+                        _profile(app, db, args.profile, backend, ops)
+                    if "units" in sections:
+                        for workload, write in (("W1 unit of work", True), ("W2 read-only", False)):
+                            candidates = units.unit_candidates(app, db, write=write)
+                            results = units.run_interleaved(
+                                candidates, ops=ops, rounds=size["rounds"], warmup=ops
+                            )
+                            targets += _print_units(workload, backend, ops, size, results, report)
+                    if "routes" in sections:
+                        candidates = units.route_candidates(app)
+                        results = units.run_interleaved(
+                            candidates, ops=ops, rounds=size["rounds"], warmup=ops
+                        )
+                        errors = app.extensions["bench"]["w3_errors"]["count"]
+                        targets += _print_routes(backend, ops, size, results, errors, report)
+                finally:
+                    set_default_factory(None)
+                    with app.app_context():
+                        drop_schema(db.engine)
+                        db.engine.dispose()
+                    dispose_engines()
+        if "load" in sections:
+            if "postgresql" in backends:
+                targets += _load(backends["postgresql"], size, report)
+            else:
+                print("> W4 skipped: it runs on PostgreSQL only\n")
+        if "import" in sections:
+            targets += _imports(size["import_runs"], report)
+        if "memory" in sections:
+            targets += _memory(size["memory_units"], report)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    print("## Targets\n")
+    print(table(["target", "measured", "result"], targets))
+    print()
+    failed = [t for t in targets if t[2] != "PASS"]
+    print(
+        f"{len(targets) - len(failed)} of {len(targets)} targets met; "
+        f"total time {time.perf_counter() - started:.0f} s"
+    )
+    report["targets"] = [{"target": t, "measured": m, "result": r} for t, m, r in targets]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(report, f, indent=2, default=str)
+    return 0
+
+
+def _fmt(x: float, digits: int = 1) -> str:
+    return f"{x:,.{digits}f}"
+
+
+def _print_units(workload, backend, ops, size, results, report) -> list[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
+    floor = results[FLOOR]
+    rows = []
+    targets = []
+    for name, r in results.items():
+        over = r.cpu_us - floor.cpu_us
+        ratio_cpu = floor.cpu_us / r.cpu_us
+        ratio_wall = floor.wall_us / r.wall_us
+        mark = ""
+        if name in W12_TARGETED:
+            ok = over <= MAX_CPU_OVER_US and ratio_cpu >= MIN_RATIO_W12
+            mark = verdict(ok)
+            targets.append(
+                (
+                    f"{workload.split()[0]} {backend}: {name} <= {MAX_CPU_OVER_US:.0f} µs CPU over "
+                    f"SQLAlchemy, ratio >= {MIN_RATIO_W12}",
+                    f"{over:+.1f} µs, ratio {ratio_cpu:.3f}",
+                    mark,
+                )
+            )
+        rows.append(
+            [
+                name,
+                _fmt(r.wall_us),
+                _fmt(1e6 / r.wall_us, 0),
+                _fmt(r.cpu_us),
+                f"{over:+.1f}",
+                f"{ratio_cpu:.3f}",
+                f"{ratio_wall:.3f}",
+                mark,
+            ]
+        )
+    print(f"## {workload} — {backend} ({ops} ops x {size['rounds']} rounds, medians)\n")
+    print(
+        table(
+            [
+                "candidate",
+                "wall µs/op",
+                "ops/s",
+                "CPU µs/op",
+                "CPU over floor µs",
+                "ratio (CPU)",
+                "ratio (wall)",
+                "target",
+            ],
+            rows,
+        )
+    )
+    print()
+    report[f"{workload} {backend}"] = {
+        n: {"wall_us": r.wall_us, "cpu_us": r.cpu_us} for n, r in results.items()
+    }
+    return targets
+
+
+def _print_routes(backend, ops, size, results, errors, report) -> list[tuple[str, str, str]]:  # type: ignore[no-untyped-def]
+    floor = results[FLOOR]
+    fsa = results[FSA]
+    rows = []
+    targets = []
+    for name, r in results.items():
+        ratio_cpu = fsa.cpu_us / r.cpu_us
+        ratio_wall = fsa.wall_us / r.wall_us
+        mark = ""
+        if name in W3_TARGETED:
+            mark = verdict(ratio_cpu >= MIN_RATIO_W3)
+            targets.append(
+                (
+                    f"W3 {backend}: {name} route >= Flask-SQLAlchemy route (CPU ratio >= 1.0)",
+                    f"ratio {ratio_cpu:.3f} (wall {ratio_wall:.3f})",
+                    mark,
+                )
+            )
+        rows.append(
+            [
+                name,
+                _fmt(r.wall_us),
+                _fmt(1e6 / r.wall_us, 0),
+                _fmt(r.cpu_us),
+                f"{r.cpu_us - floor.cpu_us:+.1f}",
+                f"{ratio_cpu:.3f}",
+                f"{ratio_wall:.3f}",
+                mark,
+            ]
+        )
+    print(f"## W3 request loop — {backend} ({ops} requests x {size['rounds']} rounds, medians)\n")
+    print(
+        table(
+            [
+                "candidate",
+                "wall µs/req",
+                "req/s",
+                "CPU µs/req",
+                "CPU over floor µs",
+                "ratio vs FSA (CPU)",
+                "ratio vs FSA (wall)",
+                "target",
+            ],
+            rows,
+        )
+    )
+    print(f"\nnon-200 responses: {errors}\n")
+    targets.append((f"W3 {backend}: no failed request", str(errors), verdict(errors == 0)))
+    report[f"W3 {backend}"] = {
+        n: {"wall_us": r.wall_us, "cpu_us": r.cpu_us} for n, r in results.items()
+    }
+    return targets
+
+
+def _load(url: str, size: dict[str, Any], report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    threads, concurrency = 4, 8
+    app, db = units.make_app(url)
+    with app.app_context():
+        create_schema(db.engine)
+    try:
+        results, limits = load.run_load(
+            url,
+            rounds=size["load_rounds"],
+            requests=size["load_requests"],
+            seconds=size["load_seconds"],
+            threads=threads,
+            concurrency=concurrency,
+        )
+    finally:
+        with app.app_context():
+            drop_schema(db.engine)
+            db.engine.dispose()
+        dispose_engines()
+    summary = load.summarize(results)
+    fsa_rps = summary[FSA]["rps"]
+    ceiling = min(limits["threads"], limits["pool_size"] + limits["max_overflow"])
+    rows = []
+    targets = []
+    for name, r in results.items():
+        s = summary[name]
+        rows.append(
+            [
+                name,
+                _fmt(s["rps"], 0),
+                f"{s['rps'] / fsa_rps:.3f}",
+                _fmt(s["p50_ms"], 2),
+                _fmt(s["p99_ms"], 2),
+                r.ok,
+                r.errors,
+                r.max_server_connections,
+                r.max_checked_out,
+            ]
+        )
+        if name in ("get_db_session()", "request manager session_scope()"):
+            ok = s["rps"] >= fsa_rps and r.errors == 0 and r.max_server_connections <= ceiling
+            targets.append(
+                (
+                    f"W4: {name} throughput >= Flask-SQLAlchemy, 0 errors, "
+                    f"connections <= {ceiling}",
+                    f"{s['rps'] / fsa_rps:.3f}x, {r.errors} errors, "
+                    f"{r.max_server_connections} connections",
+                    verdict(ok),
+                )
+            )
+    print(
+        f"## W4 load — postgresql, waitress {threads} threads, {concurrency} client threads "
+        f"in a second process, {size['load_requests']} requests or {size['load_seconds']:.0f} s "
+        f"per run x {size['load_rounds']} rounds (medians), pool {limits['pool_size']} + "
+        f"{limits['max_overflow']}\n"
+    )
+    print(
+        table(
+            [
+                "candidate",
+                "req/s",
+                "ratio vs FSA",
+                "p50 ms",
+                "p99 ms",
+                "ok",
+                "errors",
+                "max server connections",
+                "max checked out",
+            ],
+            rows,
+        )
+    )
+    kinds = {n: sorted(r.error_kinds) for n, r in results.items() if r.error_kinds}
+    if kinds:
+        print(f"\nerror kinds: {kinds}")
+    print()
+    report["W4"] = {"summary": summary, "limits": limits}
+    return targets
+
+
+def _imports(runs: int, report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    walls = startup.wall_times(runs)
+    own = startup.own_import_time(runs)
+    base = walls["python (nothing)"]
+    rows = [
+        [name, _fmt((t - base) * 1e3)] for name, t in walls.items() if name != "python (nothing)"
+    ]
+    print(
+        f"## Import cost ({runs} fresh interpreters each, interleaved, medians, minus bare python "
+        f"{base * 1e3:.1f} ms)\n"
+    )
+    print(table(["import", "ms"], rows))
+    targets = []
+    for lib, deps in startup.PAIRS:
+        extra = (walls[lib] - walls[deps]) * 1e3
+        targets.append(
+            (
+                f"import: {lib} < {MAX_IMPORT_MS:.0f} ms over {deps.split(' (')[0]}",
+                f"{extra:+.1f} ms",
+                verdict(extra < MAX_IMPORT_MS),
+            )
+        )
+    print(
+        f"\n`-X importtime`: the package's own modules take {own / 1e3:.1f} ms "
+        "(self time, median)\n"
+    )
+    report["import"] = {"wall_s": walls, "own_us": own}
+    return targets
+
+
+def _memory(count: int, report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    rows = []
+    targets = []
+    for candidate in ("sqlalchemy", "session_scope", "get_db_session"):
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmarks.memory", candidate, str(count)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+        growth = (out["after"] - out["before"]) / 2**20
+        rows.append(
+            [candidate, _fmt(out["before"] / 2**20), _fmt(out["after"] / 2**20), f"{growth:+.2f}"]
+        )
+        if candidate != "sqlalchemy":
+            targets.append(
+                (
+                    f"memory: {candidate} < {MAX_MEMORY_MB:.0f} MB over {count:,} units",
+                    f"{growth:+.2f} MB",
+                    verdict(growth < MAX_MEMORY_MB),
+                )
+            )
+        report.setdefault("memory", {})[candidate] = out
+    print(f"## Memory — resident set over {count:,} units of work (SQLite in memory, W1)\n")
+    print(table(["candidate", "RSS before MB", "RSS after MB", "growth MB"], rows))
+    print()
+    return targets
+
+
+def _profile(app: Any, db: Any, name: str, backend: str, ops: int) -> None:
+    candidates = units.unit_candidates(app, db, write=True)
+    for who in (FLOOR, name):
+        batch = candidates[who]
+        ids = [(n * 7919) % 1000 + 1 for n in range(ops)]
+        batch(ids[:200])
+        profiler = cProfile.Profile()
+        profiler.enable()
+        batch(ids)
+        profiler.disable()
+        print(f"## cProfile — W1 {who} on {backend}, {ops} ops (times are per run, not per op)\n")
+        print("```text")
+        stats = pstats.Stats(profiler, stream=sys.stdout)
+        stats.sort_stats("tottime").print_stats(25)
+        print("```\n")
