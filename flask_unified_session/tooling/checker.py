@@ -52,6 +52,15 @@ def _is_method_call(node: ast.AST, name: str, method: str) -> bool:
     )
 
 
+def _closes(node: ast.AST, name: str) -> bool:
+    """``name.close()``, or a closing call given ``name`` (``close_session(name)``)."""
+    if _is_method_call(node, name, "close"):
+        return True
+    if not isinstance(node, ast.Call) or "close" not in (dotted(node.func) or "").lower():
+        return False
+    return any(isinstance(arg, ast.Name) and arg.id == name for arg in node.args)
+
+
 def _mentions(node: ast.AST, name: str) -> bool:
     return any(isinstance(n, ast.Name) and n.id == name for n in ast.walk(node))
 
@@ -85,6 +94,8 @@ class FileChecker(ast.NodeVisitor):
         self.aliases: dict[str, str] = {}
         self._guard_depth = 0
         self._with_calls: set[int] = set()
+        self._scopes: list[Sequence[ast.stmt]] = []
+        self._opened: dict[int, tuple[Sequence[ast.stmt], list[tuple[str, ast.AST]]]] = {}
 
     # -- helpers -----------------------------------------------------------------------------
     def add(self, node: ast.AST, code: str, message: str) -> None:
@@ -104,18 +115,28 @@ class FileChecker(ast.NodeVisitor):
             return name
         return f"{target}.{rest}" if rest else target
 
-    def _collect_aliases(self, tree: ast.Module) -> None:
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                for alias in node.names:
-                    if alias.asname:
-                        self.aliases[alias.asname] = alias.name
-                    else:
-                        top = alias.name.partition(".")[0]
-                        self.aliases[top] = top
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                for alias in node.names:
-                    self.aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    def _add_aliases(self, node: ast.Import | ast.ImportFrom) -> None:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    self.aliases[alias.asname] = alias.name
+                else:
+                    top = alias.name.partition(".")[0]
+                    self.aliases[top] = top
+        elif node.module and not node.level:
+            for alias in node.names:
+                self.aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+
+    def _collect_aliases(self, body: Sequence[ast.stmt]) -> None:
+        """Module-level imports (also under a top-level ``if``/``try``), before the visit."""
+        for node in body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                self._add_aliases(node)
+            elif isinstance(node, ast.If):
+                self._collect_aliases([*node.body, *node.orelse])
+            elif isinstance(node, ast.Try):
+                inner = [*node.body, *node.orelse, *node.finalbody]
+                self._collect_aliases([*inner, *(s for h in node.handlers for s in h.body)])
 
     def is_session_factory(self, call: ast.Call) -> bool:
         """A call producing a new session: ``sqlalchemy.orm.Session()`` or a configured factory."""
@@ -131,9 +152,15 @@ class FileChecker(ast.NodeVisitor):
     # -- entry point -------------------------------------------------------------------------
     def run(self, tree: ast.Module) -> FileReport:
         """Check ``tree`` and return the report."""
-        self._collect_aliases(tree)
-        self._check_scope(tree.body)
+        self._collect_aliases(tree.body)
+        self._scopes.append(tree.body)
         self.visit(tree)
+        for body, opened in self._opened.values():
+            nodes = list(walk_scope(body))
+            for name, assign in opened:
+                status = self._closing_status(nodes, name)
+                if status is not None:
+                    self.add(assign, "FUS002", f"session {name!r} {status}")
         return self.report
 
     # -- FUS003: imports ---------------------------------------------------------------------
@@ -168,6 +195,7 @@ class FileChecker(ast.NodeVisitor):
         self._guard_depth -= guarded
 
     def visit_Import(self, node: ast.Import) -> None:
+        self._add_aliases(node)
         if self._guard_depth:
             return
         for alias in node.names:
@@ -177,6 +205,7 @@ class FileChecker(ast.NodeVisitor):
                 )
 
     def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+        self._add_aliases(node)
         if self._guard_depth:
             return
         if node.level:
@@ -231,35 +260,30 @@ class FileChecker(ast.NodeVisitor):
 
     # -- FUS002: sessions not closed on every path -------------------------------------------
     def _visit_scope(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        self._check_scope(node.body)
+        self._scopes.append(node.body)
         self.generic_visit(node)
+        self._scopes.pop()
 
     visit_FunctionDef = _visit_scope
     visit_AsyncFunctionDef = _visit_scope
 
-    def _check_scope(self, body: Sequence[ast.stmt]) -> None:
-        nodes = list(walk_scope(body))
-        opened: list[tuple[str, ast.AST]] = []
-        for node in nodes:
-            target: ast.expr | None = None
-            value: ast.expr | None = None
-            if isinstance(node, ast.Assign) and len(node.targets) == 1:
-                target, value = node.targets[0], node.value
-            elif isinstance(node, ast.AnnAssign):
-                target, value = node.target, node.value
-            if (
-                isinstance(target, ast.Name)
-                and isinstance(value, ast.Call)
-                and self.is_session_factory(value)
-            ):
-                opened.append((target.id, node))
-        if not opened:
-            return
-        for name, assign in opened:
-            status = self._closing_status(nodes, name)
-            if status is None:
-                continue
-            self.add(assign, "FUS002", f"session {name!r} {status}")
+    def _visit_assign(self, node: ast.Assign | ast.AnnAssign) -> None:
+        if isinstance(node, ast.Assign):
+            target = node.targets[0] if len(node.targets) == 1 else None
+        else:
+            target = node.target
+        value = node.value
+        if (
+            isinstance(target, ast.Name)
+            and isinstance(value, ast.Call)
+            and self.is_session_factory(value)
+        ):
+            body = self._scopes[-1]
+            self._opened.setdefault(id(body), (body, []))[1].append((target.id, node))
+        self.generic_visit(node)
+
+    visit_Assign = _visit_assign
+    visit_AnnAssign = _visit_assign
 
     @staticmethod
     def _closing_status(nodes: list[ast.AST], name: str) -> str | None:
@@ -267,7 +291,7 @@ class FileChecker(ast.NodeVisitor):
         closed_anywhere = False
         for node in nodes:
             if isinstance(node, ast.Try) and any(
-                _is_method_call(n, name, "close") for s in node.finalbody for n in ast.walk(s)
+                _closes(n, name) for s in node.finalbody for n in ast.walk(s)
             ):
                 return None
             if isinstance(node, (ast.With, ast.AsyncWith)) and any(
@@ -286,7 +310,7 @@ class FileChecker(ast.NodeVisitor):
                 and _bare_uses(node.value, name)
             ):
                 return None
-            if _is_method_call(node, name, "close"):
+            if _closes(node, name):
                 closed_anywhere = True
         if closed_anywhere:
             return "is closed, but not in a finally: an exception leaks it"
@@ -322,7 +346,9 @@ def check_file(path: Path, display: str, config: Config, resolver: ModuleResolve
         message = f"syntax error: {exc.msg}"
         finding = Finding(display, exc.lineno or 1, (exc.offset or 0) or 1, "FUS900", message)
         return FileReport(findings=[finding])
-    except (OSError, ValueError) as exc:
+    except ValueError as exc:  # null bytes (Python < 3.12)
+        return FileReport(findings=[Finding(display, 1, 1, "FUS900", f"syntax error: {exc}")])
+    except OSError as exc:
         return FileReport(findings=[Finding(display, 1, 1, "FUS900", f"cannot read: {exc}")])
     report = FileChecker(path, display, config, resolver).run(tree)
     if report.findings:

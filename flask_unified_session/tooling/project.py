@@ -37,6 +37,8 @@ def iter_python_files(path: Path, root: Path, exclude: Sequence[str] = ()) -> li
         for entry in entries:
             name = entry.name
             if entry.is_dir():
+                if entry.is_symlink():
+                    continue  # never follow folder links (loops, vendored trees)
                 if name.startswith(".") or name in SKIP_DIRS or name.endswith(".egg-info"):
                     continue
                 if not _excluded(entry, root, exclude):

@@ -1,0 +1,177 @@
+"""Before/after fixture pairs of ``migrate``, idempotence, compilation and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from flask_unified_session.tooling.codemod import migrate_source
+from flask_unified_session.tooling.config import Config
+
+from .conftest import FIXTURES
+
+PAIRS = sorted(p.name for p in FIXTURES.iterdir() if (p / "before.py").is_file())
+CONFIG = Config()
+LOST_CHANGES = (
+    "a return can be reached after changes and before any commit "
+    "(the old code discarded them; a unit of work would commit them)"
+)
+
+
+def read(name: str, which: str) -> str:
+    """Text of ``fixtures/<name>/<which>.py``."""
+    return (FIXTURES / name / f"{which}.py").read_text(encoding="utf-8")
+
+
+def test_fixture_pairs_are_present() -> None:
+    """Every shape the migration must handle has a before/after pair."""
+    assert len(PAIRS) >= 12
+    assert all((FIXTURES / name / "after.py").is_file() for name in PAIRS)
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_before_migrates_to_after(name: str) -> None:
+    """migrate(before.py) is exactly after.py."""
+    assert migrate_source(read(name, "before"), name, CONFIG).new == read(name, "after")
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_migrate_is_idempotent(name: str) -> None:
+    """migrate(after.py) changes nothing."""
+    outcome = migrate_source(read(name, "after"), name, CONFIG)
+    assert outcome.new == read(name, "after")
+    assert outcome.rewritten == 0
+
+
+@pytest.mark.parametrize("name", PAIRS)
+def test_after_compiles(name: str) -> None:
+    """Every after.py compiles."""
+    compile(read(name, "after"), f"{name}/after.py", "exec")
+
+
+def test_escaping_sessions_are_left_with_reasons() -> None:
+    """Sites that cannot be rewritten safely are unchanged and listed with their reason."""
+    outcome = migrate_source(read("escapes", "before"), "escapes.py", CONFIG)
+    assert outcome.new == outcome.original
+    assert [(s.line, s.reason) for s in outcome.left] == [
+        (5, "the session is returned"),
+        (14, "the session is stored on an object"),
+        (19, "the session is yielded"),
+        (28, "ownership is conditional (the session is obtained inside an if)"),
+        (37, "the assignment is inside the try"),
+        (45, "close() is not in a finally"),
+        (52, "an except handler uses the session for more than rollback()"),
+        (
+            65,
+            "the block can end with uncommitted changes (the old code discarded them; "
+            "a unit of work would commit them)",
+        ),
+        (74, "the finally closes the session conditionally"),
+    ]
+
+
+def test_return_after_uncommitted_change_is_refused() -> None:
+    """A return reachable after a change and before a commit keeps the site as it was."""
+    outcome = migrate_source(read("return_in_try", "before"), "r.py", CONFIG)
+    assert [(s.line, s.reason) for s in outcome.left] == [(27, LOST_CHANGES)]
+    assert "def half_update(db_manager, user_id, name):\n    session = db_manager" in outcome.new
+
+
+def test_decorator_passing_session_in_return_is_refused() -> None:
+    """`return fn(session)` may change data after the last commit, so it is left alone."""
+    outcome = migrate_source(read("nested_functions", "before"), "n.py", CONFIG)
+    assert [(s.line, s.reason) for s in outcome.left] == [(40, LOST_CHANGES)]
+
+
+def test_commit_followed_by_anything_is_kept() -> None:
+    """Only a commit that is the very last statement of the block is dropped."""
+    after = read("commits", "after")
+    assert "session.commit()\n        session.refresh(invoice)\n        return invoice.id" in after
+    assert after.count("session.commit()") == 2
+
+
+def test_service_class_gains_mixin_and_import() -> None:
+    """A class using self.db_manager gets SessionServiceMixin as its last base and the import."""
+    after = read("service_class", "after")
+    assert "from flask_unified_session import SessionServiceMixin\n" in after
+    assert "class AccountService(SessionServiceMixin):" in after
+    assert "class AuditService(BaseService, SessionServiceMixin, metaclass=type):" in after
+    assert "def __init__(self, db_manager):\n        self.db_manager = db_manager" in after
+
+
+def test_comments_are_preserved() -> None:
+    """Every comment of the file survives the rewrite."""
+    before, after = read("comments", "before"), read("comments", "after")
+    comments = [line.split("#", 1)[1] for line in before.splitlines() if "#" in line]
+    missing = [c for c in comments if c not in after]
+    assert missing == [" legacy"]  # the assignment's own comment goes with the assignment
+
+
+def test_syntax_error_is_reported_not_raised() -> None:
+    """A file that does not parse is returned unchanged with an error message."""
+    source = (FIXTURES / "broken" / "broken.py").read_text(encoding="utf-8")
+    outcome = migrate_source(source, "broken.py", CONFIG)
+    assert outcome.new == source
+    assert outcome.error is not None
+    assert outcome.error.startswith("does not parse")
+
+
+def test_target_is_configurable() -> None:
+    """migrate-target replaces the default unit of work outside service classes."""
+    config = Config(migrate_target="get_db_session()")
+    outcome = migrate_source(read("try_finally", "before"), "t.py", config)
+    assert "    with get_db_session() as session:\n" in outcome.new
+    assert "current_app" not in outcome.new
+
+
+def test_module_level_session_is_left(tmp_path: Path) -> None:
+    """A session obtained at import time has no function to scope it and is left alone."""
+    source = "s = db_manager.get_session()\ntry:\n    s.query(1)\nfinally:\n    s.close()\n"
+    outcome = migrate_source(source, "m.py", CONFIG)
+    assert outcome.new == source
+    assert [s.reason for s in outcome.left] == [
+        "module-level session (no function to scope a unit of work)"
+    ]
+
+
+def test_crlf_line_endings_are_kept() -> None:
+    """A file with CRLF line endings keeps them."""
+    source = read("try_finally", "before").replace("\n", "\r\n")
+    new = migrate_source(source, "t.py", CONFIG).new
+    assert new == read("try_finally", "after").replace("\n", "\r\n")
+
+
+def test_loop_exits_and_late_uses_are_refused() -> None:
+    """break after changes, use after close, closures and un-committed returns are left alone."""
+    outcome = migrate_source(read("loops_and_refusals", "before"), "l.py", CONFIG)
+    assert [(s.line, s.reason) for s in outcome.left] == [
+        (31, LOST_CHANGES.replace("a return", "a break")),
+        (42, "the session is used after the try"),
+        (51, "the session is captured by a nested function"),
+        (60, LOST_CHANGES),
+        (69, LOST_CHANGES),
+    ]
+    assert outcome.rewritten == 2
+
+
+def test_else_and_extra_finally_are_kept_around_the_with() -> None:
+    """A try/else committing moves into the block; a finally doing more than close() stays."""
+    after = read("try_else_finally", "after")
+    assert '    else:\n        log.info("ok")\n    finally:\n        log.debug("closed")\n' in after
+    assert "session.close()" not in after
+    assert "    except KeyError:\n        raise\n" in after
+
+
+def test_diff_hunks_stay_small_in_repetitive_files() -> None:
+    """The diff shows only the changed lines, even when many lines repeat."""
+    block = read("try_finally", "before").split("\n\n\n", 1)[1]
+    source = "from app.models import Order\n" + "\n\n" * 3 + "\n\n".join([block] * 40)
+    outcome = migrate_source(source, "many.py", CONFIG)
+    assert outcome.rewritten == 40
+    changed = [
+        line
+        for line in outcome.diff().splitlines()
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+    assert len(changed) == 1 + 40 * 6  # the import, then 5 lines out and 1 in per site
