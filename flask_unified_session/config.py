@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-__all__ = ["ConfigurationError", "Settings", "redact_url"]
+__all__ = ["ConfigurationError", "Settings", "redact_url", "to_bool"]
 
 _TRUE = frozenset({"true", "1", "t", "yes", "y", "on"})
 _FALSE = frozenset({"false", "0", "f", "no", "n", "off", ""})
@@ -73,12 +73,12 @@ class Settings:
             )
         values: dict[str, Any] = {"url": parse_url(mapping[url_key], url_key), "source": url_key}
         readers = {
-            "echo": _to_bool,
+            "echo": to_bool,
             "pool_size": _to_int,
             "max_overflow": _to_int,
             "pool_timeout": _to_float,
             "pool_recycle": _to_int,
-            "pool_pre_ping": _to_bool,
+            "pool_pre_ping": to_bool,
         }
         for name, read in readers.items():
             key = prefix + name.upper()
@@ -184,7 +184,8 @@ def _to_float(key: str, raw: object) -> float:
         raise ConfigurationError(f"{key} must be a number of seconds, got {raw!r}") from None
 
 
-def _to_bool(key: str, raw: object) -> bool:
+def to_bool(key: str, raw: object) -> bool:
+    """Read a flag: true/false, 1/0, t/f, yes/no, on/off in any case; else an error naming key."""
     if isinstance(raw, bool):
         return raw
     text = str(raw).strip().lower()

@@ -21,6 +21,7 @@ import os
 import uuid
 from collections import ChainMap
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from flask import Flask, current_app, g, has_app_context, has_request_context, r
 from sqlalchemy.engine import Engine
 
 from . import session_factory as _factory_module
-from .config import ConfigurationError, Settings
+from .config import ConfigurationError, Settings, to_bool
 from .engines import register_engine
 from .managers import COMMIT_MODES, RequestSessionManager, UnitOfWorkManager
 from .session_factory import SessionFactory
@@ -42,6 +43,8 @@ EXTENSION_KEY = "unified_session"
 URL_KEYS = ("UNIFIED_SESSION_DATABASE_URL", "SQLALCHEMY_DATABASE_URI", "DATABASE_URL")
 
 ContextProvider = Callable[[], Mapping[str, Any] | None]
+
+_in_context: ContextVar[bool] = ContextVar("flask_unified_session_in_context", default=False)
 
 
 @dataclass
@@ -71,6 +74,8 @@ class UnifiedSession:
 
     def __init__(self, app: Flask | None = None, db: SQLAlchemy | None = None) -> None:
         self.context_providers: list[ContextProvider] = []
+        #: the Flask-SQLAlchemy extension used by ``init_app`` when it is given none
+        self.db = db
         if app is not None:
             self.init_app(app, db=db)
 
@@ -80,7 +85,12 @@ class UnifiedSession:
         return provider
 
     def init_app(self, app: Flask, db: SQLAlchemy | None = None) -> None:
-        """Register the extension on ``app``; refuses a second registration."""
+        """Register the extension on ``app``; refuses a second registration.
+
+        ``db`` defaults to the one given to the constructor.
+        """
+        if db is None:
+            db = self.db
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(
                 f"flask_unified_session is already registered on app {app.name!r} "
@@ -100,7 +110,7 @@ class UnifiedSession:
                 url_keys=URL_KEYS,
                 prefix="UNIFIED_SESSION_",
             )
-            factory = SessionFactory(settings=settings)
+            factory = SessionFactory(settings=settings, expire_on_commit=_expire_on_commit(app))
             engines = {None: factory.engine}
         factory.signal_sender = app
         factory.context_provider = self._context
@@ -111,8 +121,24 @@ class UnifiedSession:
         app.unified_session_manager = state.unified_session_manager  # type: ignore[attr-defined]
         app.request_session_manager = state.request_session_manager  # type: ignore[attr-defined]
         state.request_session_manager.install(commit_mode)
+        # ``flask unified-session doctor`` also for app.test_cli_runner() and apps whose
+        # ``flask`` command does not load plugin entry points.
+        from .cli import unified_session_group
+
+        app.cli.add_command(unified_session_group)
 
     def _context(self) -> dict[str, Any]:
+        # A user loader or a provider that opens a unit of work itself would call back in
+        # here: the inner call contributes nothing instead of recursing.
+        if _in_context.get():
+            return {}
+        token = _in_context.set(True)
+        try:
+            return self._collect_context()
+        finally:
+            _in_context.reset(token)
+
+    def _collect_context(self) -> dict[str, Any]:
         info: dict[str, Any] = {}
         if has_request_context():
             info["endpoint"] = request.endpoint
@@ -148,13 +174,25 @@ def _adopt_flask_sqlalchemy(
         engines: dict[str | None, Engine] = dict(db.engines)
     for engine in engines.values():
         register_engine(engine)
-    # The unit-of-work sessions use Flask-SQLAlchemy's own Session class and options, so
-    # models with __bind_key__ reach the same engines as through db.session.
     maker = db.session.session_factory
     options = {k: v for k, v in maker.kw.items() if k != "bind"}
-    options["expire_on_commit"] = bool(app.config.get("UNIFIED_SESSION_EXPIRE_ON_COMMIT", False))
+    options["expire_on_commit"] = _expire_on_commit(app)
     default = engines.get(None) or next(iter(engines.values()))
-    return SessionFactory(engine=default, class_=maker.class_, **options), engines
+    if len(engines) > 1:
+        # Binds: Flask-SQLAlchemy's own Session class routes models with __bind_key__ to
+        # their engines, as db.session does (it looks them up through current_app).
+        return SessionFactory(engine=default, class_=maker.class_, **options), engines
+    # One engine: a plain Session bound to it routes the same way, without the per-query
+    # current_app look-up, and also works in a thread that has no app context.
+    options.pop("db", None)
+    return SessionFactory(engine=default, **options), engines
+
+
+def _expire_on_commit(app: Flask) -> bool:
+    return to_bool(
+        "UNIFIED_SESSION_EXPIRE_ON_COMMIT",
+        app.config.get("UNIFIED_SESSION_EXPIRE_ON_COMMIT", False),
+    )
 
 
 def _request_id() -> str:

@@ -7,12 +7,14 @@ differ only in where the session comes from and who closes it.
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 from typing import TYPE_CHECKING
 
 from flask import Flask, Response, g, has_app_context
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import InternalServerError
 
+from . import signals
 from .session_factory import SessionFactory, UnitOfWork
 
 if TYPE_CHECKING:
@@ -23,6 +25,7 @@ __all__ = ["COMMIT_MODES", "RequestSessionManager", "UnitOfWorkManager"]
 COMMIT_MODES = ("manual", "autocommit", "autocommit_include_redirect")
 _LAST_COMMIT_STATUS = {"autocommit": 299, "autocommit_include_redirect": 399}
 _G_SESSION = "_unified_session_request_session"
+_G_OPENED_AT = "_unified_session_request_opened_at"
 
 log = logging.getLogger("flask_unified_session")
 
@@ -66,6 +69,8 @@ class RequestSessionManager:
                 "flask_unified_session.session_scope() or create_session(); inside one, "
                 "current_app.unified_session_manager.get_db_session() is a unit of work"
             )
+        if _G_OPENED_AT not in g:
+            setattr(g, _G_OPENED_AT, perf_counter())
         return UnitOfWork(
             self.factory,
             self.current_session,
@@ -97,8 +102,7 @@ class RequestSessionManager:
 
     def install(self, commit_mode: str) -> None:
         """Register the teardown (and the commit-mode hook) on the app."""
-        if self.db is None:
-            self.app.teardown_appcontext(self._close_at_teardown)
+        self.app.teardown_appcontext(self._close_at_teardown)
         last_status = _LAST_COMMIT_STATUS.get(commit_mode)
         if last_status is not None:
 
@@ -108,12 +112,27 @@ class RequestSessionManager:
             self.app.after_request(commit_by_status)
 
     def _close_at_teardown(self, _exc: BaseException | None) -> None:
-        session = g.pop(_G_SESSION, None)
-        if session is not None:
-            try:
-                session.close()  # rolls back whatever was not committed
-            except Exception:
-                log.exception("closing the request's session failed")
+        # Never commits: whatever a block or the commit mode did not commit is rolled back.
+        # With Flask-SQLAlchemy this runs before its own teardown, which then finds nothing.
+        opened_at: float | None = g.pop(_G_OPENED_AT, None)
+        session = self._existing_session()
+        if session is None:
+            return
+        try:
+            if self.db is not None:
+                self.db.session.remove()
+            else:
+                g.pop(_G_SESSION, None)
+                session.close()
+        except Exception:
+            log.exception("closing the request's session failed")
+        if opened_at is not None and signals.session_closed.receivers:
+            signals.session_closed.send(
+                self.app,
+                session=session,
+                duration=perf_counter() - opened_at,
+                context=session.info,
+            )
 
     def _commit_by_status(self, response: Response, last_status: int) -> Response:
         session = self._existing_session()

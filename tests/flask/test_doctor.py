@@ -1,0 +1,78 @@
+"""flask unified-session doctor: URL without password, pool, a connection check, engines."""
+
+from __future__ import annotations
+
+from importlib.metadata import entry_points
+
+import pytest
+from flask import Flask
+from sqlalchemy.engine import make_url
+
+from flask_unified_session import DuplicateEngineWarning, SessionFactory, UnifiedSession
+from tests.conftest import server_url
+from tests.flask.conftest import sqlite_only
+
+PASSWORD = "s3cretpw"
+
+
+def plain_app(url):
+    app = Flask("doctor")
+    app.config["UNIFIED_SESSION_DATABASE_URL"] = url
+    UnifiedSession(app)
+    return app
+
+
+def doctor(app):
+    return app.test_cli_runner().invoke(args=["unified-session", "doctor"])
+
+
+def test_healthy_app_exits_zero_and_describes_its_engines(make_app, flavour):
+    """A reachable database: pool settings, connection ok, the engine list, exit 0."""
+    app = make_app(flask_sqlalchemy=flavour == "flask_sqlalchemy")
+    result = doctor(app)
+    assert result.exit_code == 0, result.output
+    assert "default: " in result.output
+    assert "pool: QueuePool" in result.output
+    assert "connection: ok (" in result.output
+    assert "engines in this process:" in result.output
+    assert "adopted at" in result.output or "created at" in result.output
+    assert "commit mode: manual" in result.output
+
+
+@pytest.mark.postgresql
+def test_password_is_hidden():
+    """The URL of a database with a password is shown with *** instead of it."""
+    url = make_url(server_url("postgresql")).set(password=PASSWORD)  # trust auth ignores it
+    app = plain_app(url.render_as_string(hide_password=False))
+    result = doctor(app)
+    assert result.exit_code == 0, result.output
+    assert PASSWORD not in result.output
+    assert f"postgres:***@{url.host}" in result.output
+
+
+def test_unreachable_database_exits_non_zero():
+    """A database nobody listens on: FAILED, password still hidden, exit 1."""
+    app = plain_app(f"postgresql+psycopg://postgres:{PASSWORD}@127.0.0.1:1/x")
+    result = doctor(app)
+    assert result.exit_code == 1
+    assert "connection: FAILED" in result.output
+    assert PASSWORD not in result.output
+
+
+@sqlite_only
+def test_duplicate_engine_exits_non_zero(make_app, db_url):
+    """A second engine on the app's database is reported with both sites; exit 1."""
+    app = make_app()
+    with pytest.warns(DuplicateEngineWarning):
+        stray = SessionFactory(url=db_url)
+    result = doctor(app)
+    assert result.exit_code == 1
+    assert "DUPLICATE: 2 engines reach" in result.output
+    assert __file__ in result.output
+    stray.dispose()
+
+
+def test_command_is_declared_for_the_flask_cli():
+    """The group is an entry point of flask.commands, so plain `flask` finds it."""
+    names = {ep.name for ep in entry_points(group="flask.commands")}
+    assert "unified-session" in names
