@@ -426,6 +426,11 @@ def get_default_factory() -> SessionFactory:
     return _default
 
 
+def existing_default_factory() -> SessionFactory | None:
+    """The default factory if it was created or set already; never creates one."""
+    return _default
+
+
 def set_default_factory(factory: SessionFactory | None) -> None:
     """Replace the default factory (``None``: read the environment again on next use)."""
     global _default

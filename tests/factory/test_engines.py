@@ -200,3 +200,14 @@ def test_fork_child_never_uses_parent_connection(db_url: str, observer: Observer
     assert child_backend not in (0, parent_pid)
     assert after_pid == parent_pid  # the parent's pooled connection survived the child
     assert observer.names() == ["from-child", "from-parent"]
+
+
+def test_package_import_is_lazy() -> None:
+    """import flask_unified_session imports no SQLAlchemy (the pytest plugin loads it always)."""
+    code = (
+        "import sys, flask_unified_session as f;"
+        "assert sorted(f.__all__) == sorted(f._EXPORTS), 'exports out of sync';"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('sqlalchemy', 'flask')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
