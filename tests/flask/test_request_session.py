@@ -180,3 +180,25 @@ def test_session_scope_in_an_app_context_without_a_request(make_app, flavour, ob
         assert session.scalars(select(User.name)).all() == ["cli"]
     assert observer.names() == ["cli"]
     assert engine_of(app).pool.checkedout() == 0
+
+
+def test_a_failed_block_is_rolled_back_before_the_next_block(make_app, flavour, observer):
+    """A block that raised leaves nothing behind for a later block of the same request."""
+    app = make_app(flask_sqlalchemy=flavour == "flask_sqlalchemy")
+
+    @app.post("/two-blocks")
+    def two_blocks():
+        manager = current_app.request_session_manager
+        try:
+            with manager.session_scope() as session:
+                session.add(User(name="failed-block"))
+                session.flush()
+                raise LookupError("caught by the view")
+        except LookupError:
+            pass
+        with manager.session_scope() as session:
+            session.add(User(name="second-block"))
+        return "ok"
+
+    assert app.test_client().post("/two-blocks").status_code == 200
+    assert observer.names() == ["second-block"]
