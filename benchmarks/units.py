@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import gc
 import io
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -82,6 +83,10 @@ def engine_options(url: str, application_name: str | None = None) -> dict[str, A
     return options
 
 
+def _sqlite_no_sync(dbapi_connection: Any, _record: Any) -> None:
+    dbapi_connection.execute("PRAGMA synchronous=OFF")
+
+
 def make_app(url: str, application_name: str | None = None) -> tuple[Flask, SQLAlchemy]:
     """A Flask app with Flask-SQLAlchemy and the extension adopting its engine."""
     app = Flask(f"bench_{application_name or 'app'}")
@@ -94,6 +99,10 @@ def make_app(url: str, application_name: str | None = None) -> tuple[Flask, SQLA
 
     with app.app_context():
         Session = sessionmaker(db.engine)
+        if url.startswith("sqlite"):
+            # No fsync per commit: the disk's latency would drown the session layers' cost,
+            # which is what is measured (every candidate shares this engine).
+            sa.event.listen(db.engine, "connect", _sqlite_no_sync)
 
     # W3's routes: the same work (W1) through each entry point.
     @app.post("/sqlalchemy/<int:user_id>")
@@ -276,3 +285,40 @@ def run_interleaved(
 def check_rows(engine: sa.Engine) -> int:
     with engine.connect() as connection:
         return int(connection.execute(sa.select(sa.func.sum(User.counter))).scalar_one())
+
+
+# -- paired differences ------------------------------------------------------------------
+
+
+def run_paired(
+    candidates: dict[str, Batch], reference: str, *, ops: int, pairs: int
+) -> dict[str, tuple[float, float]]:
+    """Median per-operation (CPU, wall) difference of each candidate from ``reference``.
+
+    Each pair runs the reference and the candidate back to back on the same ``ops`` rows,
+    in alternating order; the median of many such pairs cancels the slow drift of a shared
+    machine that moves whole rounds, which is what dominates the interleaved tables.
+    """
+    ids = [(n * 7919) % ROWS + 1 for n in range(ops)]
+    ref = candidates[reference]
+    diffs: dict[str, tuple[list[float], list[float]]] = {
+        name: ([], []) for name in candidates if name != reference
+    }
+    for batch in candidates.values():
+        batch(ids)
+    gc.collect()
+    for p in range(pairs):
+        for name, (cpu_diffs, wall_diffs) in diffs.items():
+            order = (ref, candidates[name]) if p % 2 == 0 else (candidates[name], ref)
+            times = []
+            for batch in order:
+                wall0, cpu0 = time.perf_counter(), time.process_time()
+                batch(ids)
+                times.append((time.process_time() - cpu0, time.perf_counter() - wall0))
+            ref_t, cand_t = (times[0], times[1]) if p % 2 == 0 else (times[1], times[0])
+            cpu_diffs.append((cand_t[0] - ref_t[0]) / ops)
+            wall_diffs.append((cand_t[1] - ref_t[1]) / ops)
+    return {
+        name: (statistics.median(cpu) * 1e6, statistics.median(wall) * 1e6)
+        for name, (cpu, wall) in diffs.items()
+    }

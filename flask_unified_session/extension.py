@@ -17,15 +17,17 @@ Configuration precedence, stated once:
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
-import uuid
+import secrets
 from collections import ChainMap
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, current_app, g, has_app_context, has_request_context, request
+from flask import Flask, current_app, has_app_context, has_request_context, request
 from sqlalchemy.engine import Engine
 
 from . import session_factory as _factory_module
@@ -44,6 +46,7 @@ URL_KEYS = ("UNIFIED_SESSION_DATABASE_URL", "SQLALCHEMY_DATABASE_URI", "DATABASE
 
 ContextProvider = Callable[[], Mapping[str, Any] | None]
 
+_ENVIRON_REQUEST_ID = "flask_unified_session.request_id"
 _in_context: ContextVar[bool] = ContextVar("flask_unified_session_in_context", default=False)
 
 
@@ -113,7 +116,7 @@ class UnifiedSession:
             factory = SessionFactory(settings=settings, expire_on_commit=_expire_on_commit(app))
             engines = {None: factory.engine}
         factory.signal_sender = app
-        factory.context_provider = self._context
+        factory.context_provider = functools.partial(self._context, app)
         state = UnifiedSessionState(self, factory, engines, db, commit_mode)
         state.unified_session_manager = UnitOfWorkManager(factory)
         state.request_session_manager = RequestSessionManager(app, factory, db)
@@ -127,25 +130,28 @@ class UnifiedSession:
 
         app.cli.add_command(unified_session_group)
 
-    def _context(self) -> dict[str, Any]:
+    def _context(self, app: Flask) -> dict[str, Any]:
         # A user loader or a provider that opens a unit of work itself would call back in
         # here: the inner call contributes nothing instead of recursing.
         if _in_context.get():
             return {}
         token = _in_context.set(True)
         try:
-            return self._collect_context()
+            return self._collect_context(app)
         finally:
             _in_context.reset(token)
 
-    def _collect_context(self) -> dict[str, Any]:
+    def _collect_context(self, app: Flask) -> dict[str, Any]:
+        # Runs on every unit of work: one proxy look-up, then plain attribute access.
         info: dict[str, Any] = {}
         if has_request_context():
-            info["endpoint"] = request.endpoint
-            info["request_id"] = _request_id()
-            user_id = _login_user_id()
-            if user_id is not None:
-                info["user_id"] = user_id
+            req = request._get_current_object()  # type: ignore[attr-defined]
+            info["endpoint"] = req.endpoint
+            info["request_id"] = _request_id(req.environ)
+            if getattr(app, "login_manager", None) is not None:
+                user_id = _login_user_id()
+                if user_id is not None:
+                    info["user_id"] = user_id
         for provider in self.context_providers:
             extra = provider()
             if extra:
@@ -195,18 +201,40 @@ def _expire_on_commit(app: Flask) -> bool:
     )
 
 
-def _request_id() -> str:
-    request_id: str | None = g.get("_unified_session_request_id")
+class _RequestIds:
+    """Request ids unique across processes: a random per-process prefix and a counter.
+
+    Cheaper than a uuid4 per request (no system call); the prefix is drawn again in a
+    forked child so that two workers never hand out the same id.
+    """
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self.prefix = secrets.token_hex(6)
+        self.counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self.prefix}-{next(self.counter):x}"
+
+
+_request_ids = _RequestIds()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_request_ids.reseed)
+
+
+def _request_id(environ: dict[str, Any]) -> str:
+    # Kept in the WSGI environ (a namespaced key): one id per request, also for the logs.
+    request_id: str | None = environ.get(_ENVIRON_REQUEST_ID)
     if request_id is None:
-        request_id = request.headers.get("X-Request-ID") or uuid.uuid4().hex
-        g._unified_session_request_id = request_id
+        request_id = environ.get("HTTP_X_REQUEST_ID") or _request_ids.next()
+        environ[_ENVIRON_REQUEST_ID] = request_id
     return request_id
 
 
 def _login_user_id() -> Any:
-    # Flask-Login is optional: only consulted when the app has a login manager.
-    if getattr(current_app, "login_manager", None) is None:
-        return None
+    # Flask-Login is optional: only imported when the app has a login manager.
     from flask_login import current_user
 
     if current_user.is_authenticated:

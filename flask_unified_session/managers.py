@@ -69,7 +69,7 @@ class RequestSessionManager:
                 "flask_unified_session.session_scope() or create_session(); inside one, "
                 "current_app.unified_session_manager.get_db_session() is a unit of work"
             )
-        if _G_OPENED_AT not in g:
+        if signals.session_closed.receivers and _G_OPENED_AT not in g:
             setattr(g, _G_OPENED_AT, perf_counter())
         return UnitOfWork(
             self.factory,
@@ -113,26 +113,30 @@ class RequestSessionManager:
 
     def _close_at_teardown(self, _exc: BaseException | None) -> None:
         # Never commits: whatever a block or the commit mode did not commit is rolled back.
-        # With Flask-SQLAlchemy this runs before its own teardown, which then finds nothing.
         opened_at: float | None = g.pop(_G_OPENED_AT, None)
-        session = self._existing_session()
+        if self.db is not None:
+            # Flask-SQLAlchemy's own teardown (registered before ours, so run after it)
+            # closes db.session; closing it here too would only cost a second remove().
+            if opened_at is not None and signals.session_closed.receivers:
+                session = self._existing_session()
+                if session is not None:
+                    self.db.session.remove()
+                    self._report_closed(session, opened_at)
+            return
+        session = g.pop(_G_SESSION, None)
         if session is None:
             return
         try:
-            if self.db is not None:
-                self.db.session.remove()
-            else:
-                g.pop(_G_SESSION, None)
-                session.close()
+            session.close()
         except Exception:
             log.exception("closing the request's session failed")
         if opened_at is not None and signals.session_closed.receivers:
-            signals.session_closed.send(
-                self.app,
-                session=session,
-                duration=perf_counter() - opened_at,
-                context=session.info,
-            )
+            self._report_closed(session, opened_at)
+
+    def _report_closed(self, session: Session, opened_at: float) -> None:
+        signals.session_closed.send(
+            self.app, session=session, duration=perf_counter() - opened_at, context=session.info
+        )
 
     def _commit_by_status(self, response: Response, last_status: int) -> Response:
         session = self._existing_session()

@@ -217,12 +217,15 @@ class UnitOfWork:
         failed = exc is not None
         try:
             if exc is None and unit.doomed is None:
-                try:
-                    session.commit()
-                except BaseException:
-                    failed = True
-                    self._rollback(session)
-                    raise
+                # Every session operation (add, execute, get) begins a transaction, so
+                # none begun means no work: an empty commit is skipped, not "if dirty".
+                if session.in_transaction():
+                    try:
+                        session.commit()
+                    except BaseException:
+                        failed = True
+                        self._rollback(session)
+                        raise
                 self._emit(signals.session_committed)
             else:
                 failed = True

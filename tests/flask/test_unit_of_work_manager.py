@@ -174,7 +174,26 @@ def test_session_info_records_endpoint_and_request_id(make_app, observer):
     assert infos[0]["endpoint"] == "info_view"
     assert infos[0]["request_id"] == "req-42"
     assert infos[1]["request_id"] != infos[2]["request_id"]
-    assert len(infos[1]["request_id"]) == 32
+    assert infos[1]["request_id"].split("-")[0] == infos[2]["request_id"].split("-")[0]
+
+
+def test_forked_worker_draws_new_request_id_prefix():
+    """A forked worker's generated request ids never repeat its parent's."""
+    import os
+
+    from flask_unified_session.extension import _request_ids
+
+    parent = _request_ids.next()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        os.write(write, _request_ids.next().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 100).decode()
+    os.close(read)
+    assert child.split("-")[0] != parent.split("-")[0]
 
 
 @sqlite_only
