@@ -60,7 +60,7 @@ class RequestSessionManager:
 
         Commits on success and rolls back on error; the session (with Flask-SQLAlchemy,
         the one behind ``db.session``) stays open, its objects attached, until the app
-        context ends.
+        context ends. Like ``get_db_session()``, it records who acted in ``session.info``.
         """
         if not has_app_context():
             raise RuntimeError(

@@ -88,39 +88,7 @@ def _warn_unclosed(site: str) -> None:
 # -- the unit-of-work protocol ---------------------------------------------------------
 
 
-class _Unit:
-    __slots__ = ("doomed", "key", "owner", "session")
-
-    def __init__(self, key: object, session: Session, owner: tuple[int, object]) -> None:
-        self.key = key
-        self.session = session
-        self.owner = owner
-        self.doomed: BaseException | None = None
-
-
-_active: ContextVar[tuple[_Unit, ...]] = ContextVar("flask_unified_session_units", default=())
-
-
-def _owner() -> tuple[int, object]:
-    # A task created inside a scope inherits the context (and so the stack): the task
-    # keeps it from joining a session that another task is using concurrently. The loop
-    # probe is cheap; current_task() is only asked when a loop runs in this thread.
-    task = None
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is not None and asyncio._get_running_loop() is not None:
-        task = asyncio.current_task()
-    return (threading.get_ident(), task)
-
-
-def active_session(key: object) -> Session | None:
-    """The session of the innermost active unit of work of ``key`` in this thread/task."""
-    stack = _active.get()
-    if stack:
-        owner = _owner()
-        for unit in reversed(stack):
-            if unit.key is key and unit.owner == owner:
-                return unit.session
-    return None
+_active: ContextVar[tuple[UnitOfWork, ...]] = ContextVar("flask_unified_session_units", default=())
 
 
 class UnitOfWork:
@@ -132,17 +100,22 @@ class UnitOfWork:
         app-context teardown instead).
     :param sender: the sender of the lifecycle signals.
     :param context: called on entry; its mapping is merged into ``session.info``.
+
+    An outermost unit is pushed on a per-context stack; a scope that joins it keeps a
+    reference to it (``_outer``) and marks it doomed when an exception escapes.
     """
 
     __slots__ = (
         "_close",
         "_context",
-        "_joined",
+        "_doomed",
         "_listening",
+        "_outer",
+        "_owner",
         "_savepoint",
+        "_session",
         "_started",
         "_token",
-        "_unit",
         "independent",
         "key",
         "nested",
@@ -168,39 +141,48 @@ class UnitOfWork:
         self.sender = key if sender is None else sender
         self._close = close
         self._context = context
-        self._joined = False
+        self._outer: UnitOfWork | None = None
         self._savepoint: SessionTransaction | None = None
+        self._doomed: BaseException | None = None
         self._listening = False
+        self._owner: tuple[int, object] | None = None
 
     def __enter__(self) -> Session:
         stack = _active.get()
-        owner = _owner()
-        if not self.independent:
+        # A task created inside a scope inherits the context (and so the stack): the task
+        # keeps it from joining a session another task uses concurrently. current_task()
+        # is only asked when a loop runs in this thread.
+        task = None
+        asyncio = sys.modules.get("asyncio")
+        if asyncio is not None and asyncio._get_running_loop() is not None:
+            task = asyncio.current_task()
+        owner = (threading.get_ident(), task)
+        if stack and not self.independent:
             for unit in reversed(stack):
-                if unit.key is self.key and unit.owner == owner:
+                if unit.key is self.key and unit._owner == owner:
                     return self._join(unit)
-        session = self.open_session()
-        self._unit = _Unit(self.key, session, owner)
-        self._token = _active.set((*stack, self._unit))
+        session = self._session = self.open_session()
+        self._owner = owner
+        self._token = _active.set((*stack, self))
         if self._context is not None:
             session.info.update(self._context())
-        self._listening = signals.anyone_listening()
-        if self._listening:
+        if signals.anyone_listening():
+            self._listening = True
             self._started = perf_counter()
             self._emit(signals.session_opened)
         return session
 
-    def _join(self, unit: _Unit) -> Session:
-        if unit.doomed is not None:
-            raise DoomedTransactionError(_doomed_message(unit.doomed)) from unit.doomed
-        self._unit = unit
-        self._joined = True
+    def _join(self, outer: UnitOfWork) -> Session:
+        if outer._doomed is not None:
+            raise DoomedTransactionError(_doomed_message(outer._doomed)) from outer._doomed
+        self._outer = outer
+        session = outer._session
         if self._context is not None:
             for name, value in self._context().items():
-                unit.session.info.setdefault(name, value)
+                session.info.setdefault(name, value)
         if self.nested:
-            self._savepoint = unit.session.begin_nested()
-        return unit.session
+            self._savepoint = session.begin_nested()
+        return session
 
     def __exit__(
         self,
@@ -208,15 +190,14 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._joined:
-            self._exit_joined(exc)
+        if self._outer is not None:
+            self._exit_joined(self._outer, exc)
             return
         _active.reset(self._token)
-        unit = self._unit
-        session = unit.session
+        session = self._session
         failed = exc is not None
         try:
-            if exc is None and unit.doomed is None:
+            if exc is None and self._doomed is None:
                 # Every session operation (add, execute, get) begins a transaction, so
                 # none begun means no work: an empty commit is skipped, not "if dirty".
                 if session.in_transaction():
@@ -231,16 +212,16 @@ class UnitOfWork:
                 failed = True
                 self._rollback(session)
                 if exc is None:
-                    raise DoomedTransactionError(_doomed_message(unit.doomed)) from unit.doomed
+                    raise DoomedTransactionError(_doomed_message(self._doomed)) from self._doomed
         finally:
             if self._close:
                 self._close_session(session, quietly=failed)
 
-    def _exit_joined(self, exc: BaseException | None) -> None:
+    def _exit_joined(self, outer: UnitOfWork, exc: BaseException | None) -> None:
         savepoint = self._savepoint
         if savepoint is None:
-            if exc is not None and self._unit.doomed is None:
-                self._unit.doomed = exc
+            if exc is not None and outer._doomed is None:
+                outer._doomed = exc
         elif exc is None:
             if savepoint.is_active:
                 try:
@@ -264,7 +245,7 @@ class UnitOfWork:
 
     def _emit(self, signal: NamedSignal) -> None:
         if self._listening:
-            session = self._unit.session
+            session = self._session
             signal.send(
                 self.sender,
                 session=session,
