@@ -108,12 +108,7 @@ class Settings:
 
     @property
     def is_sqlite_memory(self) -> bool:
-        database = self.url.database or ""
-        return self.is_sqlite and (
-            database in ("", ":memory:")
-            or database.startswith("file::memory:")
-            or "mode=memory" in database
-        )
+        return is_sqlite_memory(self.url)
 
     def engine_options(self) -> dict[str, Any]:
         """Keyword arguments for :func:`sqlalchemy.create_engine` that this backend accepts.
@@ -140,6 +135,16 @@ class Settings:
             # A file database is shared by the threads of the pool.
             options["connect_args"] = {"check_same_thread": False}
         return options
+
+
+def is_sqlite_memory(url: URL) -> bool:
+    """True for an in-memory SQLite URL: a database private to each connection."""
+    database = url.database or ""
+    return url.get_backend_name() == "sqlite" and (
+        database in ("", ":memory:")
+        or database.startswith("file::memory:")
+        or "mode=memory" in database
+    )
 
 
 def parse_url(raw: object, key: str) -> URL:

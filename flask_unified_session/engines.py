@@ -21,7 +21,7 @@ from typing import Any
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine
 
-from .config import ConfigurationError, Settings
+from .config import ConfigurationError, Settings, is_sqlite_memory
 
 __all__ = [
     "DuplicateEngineWarning",
@@ -145,15 +145,11 @@ def forget_engine(engine: Engine) -> None:
 
 def database_identity(url: URL) -> tuple[str, ...] | None:
     """What makes two URLs the same database; ``None`` for a private in-memory SQLite."""
+    if is_sqlite_memory(url):
+        return None
     backend = url.get_backend_name()
     if backend == "sqlite":
         database = url.database or ""
-        if (
-            database in ("", ":memory:")
-            or "mode=memory" in database
-            or database.startswith("file::memory:")
-        ):
-            return None
         path = database[5:].split("?", 1)[0] if database.startswith("file:") else database
         return (backend, os.path.realpath(path))
     return (backend, url.host or "", str(url.port or ""), url.database or "", url.username or "")

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import InternalServerError
 
 from . import signals
-from .session_factory import SessionFactory, UnitOfWork
+from .session_factory import SessionFactory, UnitOfWork, _quietly
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -140,16 +140,17 @@ class RequestSessionManager:
 
     def _commit_by_status(self, response: Response, last_status: int) -> Response:
         session = self._existing_session()
-        if session is None or not 200 <= response.status_code <= last_status:
+        if (
+            session is None
+            or not session.in_transaction()  # nothing was done: nothing to commit
+            or not 200 <= response.status_code <= last_status
+        ):
             return response
         try:
             session.commit()
         except Exception as exc:
             log.exception("commit of the request's session failed; answering 500")
-            try:
-                session.rollback()
-            except Exception:
-                log.warning("rollback after the failed commit failed too", exc_info=True)
+            _quietly(session.rollback, "rolling back")
             error = InternalServerError(original_exception=exc)
             return self.app.make_response(self.app.handle_http_exception(error))
         return response

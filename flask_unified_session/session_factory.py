@@ -162,14 +162,22 @@ class UnitOfWork:
                 if unit.key is self.key and unit._owner == owner:
                     return self._join(unit)
         session = self._session = self.open_session()
+        # The unit is pushed last: if a context provider or a signal receiver raises, the
+        # block never runs and no __exit__ would pop a unit pushed earlier (later scopes
+        # would join a dead session and their commits would be lost).
+        try:
+            if self._context is not None:
+                session.info.update(self._context())
+            if signals.anyone_listening():
+                self._listening = True
+                self._started = perf_counter()
+                self._emit(signals.session_opened)
+        except BaseException:
+            if self._close:
+                _quietly(session.close, "closing the session")
+            raise
         self._owner = owner
         self._token = _active.set((*stack, self))
-        if self._context is not None:
-            session.info.update(self._context())
-        if signals.anyone_listening():
-            self._listening = True
-            self._started = perf_counter()
-            self._emit(signals.session_opened)
         return session
 
     def _join(self, outer: UnitOfWork) -> Session:

@@ -290,3 +290,22 @@ def test_pending_rollback_never_leaks_to_next_unit(
         session.flush()
     with factory.session_scope() as session:
         assert session.scalar(sa.select(sa.func.count()).select_from(User)) == 1
+
+
+def test_failing_context_provider_leaves_no_dead_unit(
+    factory: SessionFactory, observer: Observer
+) -> None:
+    """A context provider that raises on entry: the next unit of work is a unit of its own."""
+
+    def broken() -> dict[str, object]:
+        raise LookupError("no tenant")
+
+    factory.context_provider = broken
+    with pytest.raises(LookupError):
+        with factory.session_scope():
+            pytest.fail("the block must not run")
+    factory.context_provider = None
+    with factory.session_scope() as session:
+        session.add(User(name="after"))
+    assert observer.names() == ["after"]
+    assert checked_out(factory) == 0
