@@ -1,40 +1,221 @@
 """Settings for one database: read from the environment or a mapping, validated once.
 
 Nothing here imports Flask. The same names serve both sources: the environment uses
-``DATABASE_URL`` and ``DB_*``; a Flask config uses ``UNIFIED_SESSION_DATABASE_URL`` and
+``DATABASE_URL``, ``DATABASE_ASYNC_URL`` and ``DB_*``; a Flask config uses
+``UNIFIED_SESSION_DATABASE_URL``, ``UNIFIED_SESSION_DATABASE_ASYNC_URL`` and
 ``UNIFIED_SESSION_*`` (see :mod:`flask_unified_session.extension`).
+
+Secrets: every URL the library shows goes through :func:`display_url` (a ``URL``) or
+:func:`redact_url` (text). Both hide the userinfo password, any secret-looking query value
+(``?password=``, ``sslpassword``, ``token``…) and, for text SQLAlchemy could not parse,
+everything between the first ``:`` after the user name and the last ``@``.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
-__all__ = ["ConfigurationError", "Settings", "redact_url", "to_bool"]
+__all__ = [
+    "MAX_SECONDS",
+    "ConfigurationError",
+    "Settings",
+    "display_url",
+    "redact_text",
+    "redact_url",
+    "to_bool",
+    "url_secrets",
+]
 
 _TRUE = frozenset({"true", "1", "t", "yes", "y", "on"})
 _FALSE = frozenset({"false", "0", "f", "no", "n", "off", ""})
-_PASSWORD_IN_URL = re.compile(r"(?P<head>://[^/@:]*:)[^@/]*(?P<tail>@)")
+HIDDEN = "***"
+
+#: The longest wait any timeout setting accepts: one day. Far below what threading and
+#: the C time functions overflow at, and far above any wait an application means.
+MAX_SECONDS = 86400.0
+
+# Query keys whose value is treated as a secret: any key containing one of these words.
+_SECRET_KEY_WORDS = ("pass", "pwd", "secret", "token", "credential", "apikey", "api_key")
+# A URL in free text starts at 'scheme://'.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://")
+# Where a URL quoted inside a message ends (a raw one in a setting runs to the end).
+_TEXT_URL_END = re.compile(r"[\s'\"<>`]")
+# A query parameter: after '?', '&' or ';' (never at the start, where the userinfo is).
+_SECRET_PAIR = re.compile(r"(?<=[?&;])(?P<key>[^=&;?#\s]+)=(?P<value>[^&;#\s]*)")
+
+# Sync driver -> the async driver of the same database (DATABASE_ASYNC_URL's default).
+_ASYNC_TWIN = {
+    "postgresql": "postgresql+psycopg",
+    "postgresql+psycopg": "postgresql+psycopg",
+    "postgresql+psycopg2": "postgresql+psycopg",
+    "postgresql+psycopg_async": "postgresql+psycopg_async",
+    "postgresql+asyncpg": "postgresql+asyncpg",
+    "mysql": "mysql+aiomysql",
+    "mysql+mysqldb": "mysql+aiomysql",
+    "mysql+pymysql": "mysql+aiomysql",
+    "mysql+aiomysql": "mysql+aiomysql",
+    "mysql+asyncmy": "mysql+asyncmy",
+    "mariadb+pymysql": "mariadb+aiomysql",
+    "mariadb+aiomysql": "mariadb+aiomysql",
+    "sqlite": "sqlite+aiosqlite",
+    "sqlite+pysqlite": "sqlite+aiosqlite",
+    "sqlite+aiosqlite": "sqlite+aiosqlite",
+}
+
+# Driver -> (connect argument, whole seconds only) for DB_CONNECT_TIMEOUT.
+_CONNECT_TIMEOUT_ARG = {
+    "psycopg": ("connect_timeout", True),
+    "psycopg_async": ("connect_timeout", True),
+    "psycopg2": ("connect_timeout", True),
+    "asyncpg": ("timeout", False),
+    "pymysql": ("connect_timeout", False),
+    "aiomysql": ("connect_timeout", False),
+    "asyncmy": ("connect_timeout", False),
+    "mysqldb": ("connect_timeout", True),
+    "mariadbconnector": ("connect_timeout", True),
+}
+
+PGBOUNCER_MODES = ("transaction",)
 
 
 class ConfigurationError(ValueError):
     """A setting is missing or malformed; the message names the setting, never a password."""
 
 
+# --- secrets --------------------------------------------------------------------------
+
+
+def is_secret_key(key: str) -> bool:
+    """True for a query or connect-argument name whose value is a secret."""
+    lowered = key.lower()
+    return any(word in lowered for word in _SECRET_KEY_WORDS)
+
+
+def url_secrets(url: URL) -> tuple[str, ...]:
+    """The secret parts of a parsed URL: password, secret query values, and the part of a
+    host before an ``@`` (the tail of a password with a raw ``@`` that SQLAlchemy took for
+    the host)."""
+    found: list[str] = []
+    if url.password:
+        found.append(str(url.password))
+    for key, value in url.query.items():
+        if is_secret_key(key):
+            found.extend(v for v in ([value] if isinstance(value, str) else value) if v)
+    if url.host and "@" in url.host:
+        found.append(url.host.rsplit("@", 1)[0])
+    return tuple(found)
+
+
+def display_url(url: URL) -> str:
+    """``url`` as text safe to print: password, secret query values and a host's
+    ``…@`` prefix shown as ``***``.
+
+    Use this wherever a URL is shown; ``str(url)`` hides only the userinfo password.
+    """
+    query = {key: (HIDDEN if is_secret_key(key) else value) for key, value in url.query.items()}
+    shown = url.set(query=query)
+    if url.host and "@" in url.host:
+        shown = shown.set(host=HIDDEN + "@" + url.host.rsplit("@", 1)[1])
+    # render_as_string percent-encodes '*': put the marker back as written.
+    return shown.render_as_string(hide_password=True).replace("%2A%2A%2A", HIDDEN)
+
+
 def redact_url(value: object) -> str:
-    """Return ``value`` as text with any URL password replaced by ``***``."""
-    return _PASSWORD_IN_URL.sub(r"\g<head>***\g<tail>", str(value))
+    """``value`` as text with every URL secret shown as ``***``.
+
+    A :class:`~sqlalchemy.engine.URL` is shown by :func:`display_url`. Text that is one URL
+    (a setting's value) is redacted as a whole, whatever it contains; in other text (an
+    exception message) each ``scheme://…`` runs to the next space or quote.
+    """
+    if isinstance(value, URL):
+        return display_url(value)
+    text = str(value)
+    stripped = text.strip()
+    if _SCHEME.match(stripped) and not any(c.isspace() for c in stripped):
+        return _redact_url_text(stripped)
+    return _redact_urls_in(text)
 
 
-@dataclass(frozen=True)
+def redact_text(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with each of ``secrets`` (as written, percent-encoded or escaped) and every
+    URL secret shown as ``***``. Longer secrets are replaced first."""
+    for variant in sorted(_variants(secrets), key=len, reverse=True):
+        text = text.replace(variant, HIDDEN)
+    return _redact_urls_in(text)
+
+
+def _variants(secrets: Iterable[str]) -> set[str]:
+    """The ways a secret may be written in a message."""
+    found: set[str] = set()
+    for secret in secrets:
+        if not secret:
+            continue
+        found.update(
+            {
+                secret,
+                quote(secret, safe=""),
+                quote_plus(secret, safe=""),
+                secret.encode("unicode_escape").decode("ascii"),
+                repr(secret)[1:-1],
+            }
+        )
+    found.discard("")
+    return found
+
+
+def _redact_urls_in(text: str) -> str:
+    out: list[str] = []
+    position = 0
+    for match in _SCHEME.finditer(text):
+        if match.start() < position:
+            continue
+        end_match = _TEXT_URL_END.search(text, match.end())
+        end = end_match.start() if end_match else len(text)
+        out.append(text[position : match.start()])
+        out.append(_redact_url_text(text[match.start() : end]))
+        position = end
+    out.append(text[position:])
+    return "".join(out)
+
+
+def _redact_url_text(url_text: str) -> str:
+    """One URL as text, parsed or not: the userinfo password and secret query values hidden.
+
+    SQLAlchemy takes the password up to the first '@'; a human who typed a raw '@' meant
+    the last one. Hiding up to the last '@' covers both (and may hide more than needed
+    when a query value holds an '@': safe, only less informative).
+    """
+    scheme = _SCHEME.match(url_text)
+    assert scheme is not None
+    head, rest = url_text[: scheme.end()], url_text[scheme.end() :]
+    if "@" in rest:
+        userinfo, after = rest.rsplit("@", 1)
+        if ":" in userinfo:
+            # Only the user name (before the first ':') is shown; it holds no secret.
+            rest = userinfo.split(":", 1)[0] + ":" + HIDDEN + "@" + after
+    return head + _SECRET_PAIR.sub(_hide_secret_pair, rest)
+
+
+def _hide_secret_pair(match: re.Match[str]) -> str:
+    key = match.group("key")
+    return f"{key}={HIDDEN}" if is_secret_key(key) else match.group(0)
+
+
+# --- settings -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, repr=False)
 class Settings:
-    """What it takes to build one engine. ``repr`` and ``str`` never show the password."""
+    """What it takes to build one engine. ``repr`` and ``str`` never show a secret."""
 
     url: URL
     echo: bool = False
@@ -42,13 +223,25 @@ class Settings:
     max_overflow: int = 10
     pool_timeout: float = 30.0
     pool_recycle: int | None = None
+    #: idle pre-ping on (see ``pool_pre_ping_idle``); never SQLAlchemy's ping-every-checkout
     pool_pre_ping: bool = True
     #: where the URL came from, used in error messages (``DATABASE_URL``, a config key, …)
     source: str = field(default="DATABASE_URL", compare=False)
+    #: seconds a connection attempt may take, given to drivers that support it
+    connect_timeout: float = 10.0
+    #: a checkout pings a connection only if it sat in the pool longer than this (0: always)
+    pool_pre_ping_idle: float = 1.0
+    #: ``DATABASE_ASYNC_URL`` as given; ``None`` derives it (see :attr:`async_url`)
+    database_async_url: URL | None = None
+    #: read replicas, same backend as ``url``
+    replica_urls: tuple[URL, ...] = ()
+    #: ``"transaction"`` behind PgBouncer in transaction pooling mode, else ``None``
+    pgbouncer: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        """Read ``DATABASE_URL`` and ``DB_*`` from ``environ`` (default: ``os.environ``)."""
+        """Read ``DATABASE_URL``, ``DATABASE_ASYNC_URL`` and ``DB_*`` from ``environ``
+        (default: ``os.environ``)."""
         return cls.from_mapping(os.environ if environ is None else environ)
 
     @classmethod
@@ -58,49 +251,65 @@ class Settings:
         *,
         url_keys: tuple[str, ...] = ("DATABASE_URL",),
         prefix: str = "DB_",
+        async_url_keys: tuple[str, ...] | None = None,
     ) -> Settings:
         """Read settings from ``mapping``.
 
-        The URL is the first of ``url_keys`` present and non-empty; the other settings are
-        ``{prefix}ECHO``, ``{prefix}POOL_SIZE``, ``{prefix}MAX_OVERFLOW``,
-        ``{prefix}POOL_TIMEOUT``, ``{prefix}POOL_RECYCLE`` and ``{prefix}POOL_PRE_PING``.
+        The URL is the first of ``url_keys`` present and non-empty; the async URL the first
+        of ``async_url_keys`` (default ``DATABASE_ASYNC_URL`` for the ``DB_`` prefix, else
+        ``{prefix}DATABASE_ASYNC_URL``). The other settings are ``{prefix}`` followed by
+        ``ECHO``, ``POOL_SIZE``, ``MAX_OVERFLOW``, ``POOL_TIMEOUT``, ``POOL_RECYCLE``,
+        ``POOL_PRE_PING``, ``POOL_PRE_PING_IDLE``, ``CONNECT_TIMEOUT``, ``REPLICA_URLS``
+        and ``PGBOUNCER``. Errors name the key and never show a secret of the URL.
         """
-        url_key = next((k for k in url_keys if mapping.get(k) not in (None, "")), None)
+        url_key = _first_set(mapping, url_keys)
         if url_key is None:
             raise ConfigurationError(
                 f"{' or '.join(url_keys)} is not set: give the database URL, for example "
                 f"'postgresql+psycopg://user:password@localhost/app' or 'sqlite:///app.db'"
             )
-        values: dict[str, Any] = {"url": parse_url(mapping[url_key], url_key), "source": url_key}
-        readers = {
-            "echo": to_bool,
-            "pool_size": _to_int,
-            "max_overflow": _to_int,
-            "pool_timeout": _to_float,
-            "pool_recycle": _to_int,
-            "pool_pre_ping": to_bool,
-        }
-        for name, read in readers.items():
-            key = prefix + name.upper()
-            raw = mapping.get(key)
-            if raw is not None and raw != "":
-                values[name] = value = read(key, raw)
-                if value < (-1 if name == "pool_recycle" else 0):
-                    raise ConfigurationError(f"{key} must not be negative, got {raw!r}")
-        return cls(**values)
+        url = parse_url(mapping[url_key], url_key)
+        try:
+            return cls(**_read_values(mapping, url, url_key, prefix, async_url_keys))
+        except ConfigurationError as error:
+            # A value pasted into the wrong key may be the password: never echo it.
+            raise ConfigurationError(redact_text(str(error), url_secrets(url))) from None
 
     def __post_init__(self) -> None:
-        # Range checks live here so that direct construction is validated too.
+        # Checks live here so that direct construction is validated too; from_mapping
+        # checked each value already under its own key.
         if isinstance(self.url, str):
             object.__setattr__(self, "url", parse_url(self.url, self.source))
-        for name in ("pool_size", "max_overflow", "pool_timeout"):
-            value = getattr(self, name)
-            if value < 0:
-                raise ConfigurationError(f"{name} must be 0 or more, got {value!r}")
-        if self.pool_recycle is not None and self.pool_recycle < -1:
-            raise ConfigurationError(
-                f"pool_recycle must be -1 (off) or more, got {self.pool_recycle!r}"
+        if isinstance(self.database_async_url, str):
+            object.__setattr__(
+                self, "database_async_url", parse_url(self.database_async_url, "async_url")
             )
+        replicas = self.replica_urls
+        if isinstance(replicas, (str, URL)) or not isinstance(replicas, tuple):
+            replicas = _read_replicas("replica_urls", replicas, self.url)
+            object.__setattr__(self, "replica_urls", replicas)
+        for name, check in _CHECKS.items():
+            object.__setattr__(self, name, check(name, getattr(self, name)))
+        if self.pgbouncer is not None and self.url.get_backend_name() != "postgresql":
+            raise ConfigurationError(
+                f"pgbouncer={self.pgbouncer!r} needs a PostgreSQL URL, not "
+                f"{self.url.get_backend_name()!r}"
+            )
+
+    def __repr__(self) -> str:
+        parts = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            if isinstance(value, URL):
+                shown = repr(display_url(value))
+            elif isinstance(value, tuple):
+                shown = "(" + ", ".join(repr(display_url(u)) for u in value) + ")"
+            else:
+                shown = repr(value)
+            parts.append(f"{item.name}={shown}")
+        return f"Settings({', '.join(parts)})"
+
+    __str__ = __repr__
 
     @property
     def is_sqlite(self) -> bool:
@@ -110,31 +319,226 @@ class Settings:
     def is_sqlite_memory(self) -> bool:
         return is_sqlite_memory(self.url)
 
-    def engine_options(self) -> dict[str, Any]:
-        """Keyword arguments for :func:`sqlalchemy.create_engine` that this backend accepts.
+    @property
+    def async_url(self) -> URL:
+        """``DATABASE_ASYNC_URL``, or the async twin of ``url``'s driver.
 
-        In-memory SQLite gets one shared connection (``StaticPool``), since each new
-        connection would otherwise see an empty database; pool sizing is only passed to
-        backends whose pool takes it.
+        psycopg keeps its URL (it serves both); ``postgresql`` and psycopg2 become
+        ``postgresql+psycopg``, PyMySQL and mysqlclient ``aiomysql``, pysqlite
+        ``aiosqlite``. A driver with no known twin is an error naming DATABASE_ASYNC_URL,
+        raised only when the async URL is asked for.
         """
-        options: dict[str, Any] = {"echo": self.echo, "pool_pre_ping": self.pool_pre_ping}
-        if self.is_sqlite_memory:
+        if self.database_async_url is not None:
+            return self.database_async_url
+        twin = _ASYNC_TWIN.get(self.url.drivername)
+        if twin is None:
+            raise ConfigurationError(
+                f"DATABASE_ASYNC_URL is not set and {self.source}'s driver "
+                f"{self.url.drivername!r} has no known async twin: set DATABASE_ASYNC_URL "
+                f"(UNIFIED_SESSION_DATABASE_ASYNC_URL in Flask), for example "
+                f"'postgresql+psycopg://…', 'mysql+aiomysql://…' or 'sqlite+aiosqlite:///…'"
+            )
+        return self.url.set(drivername=twin)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret of every URL these settings hold, for :func:`redact_text`."""
+        urls = [self.url, *self.replica_urls]
+        if self.database_async_url is not None:
+            urls.append(self.database_async_url)
+        return tuple(secret for url in urls for secret in url_secrets(url))
+
+    def engine_options(self, url: URL | None = None) -> dict[str, Any]:
+        """Keyword arguments for :func:`sqlalchemy.create_engine` (or
+        ``create_async_engine``) that the backend of ``url`` accepts.
+
+        ``url`` defaults to :attr:`url`; pass :attr:`async_url` or a replica URL for those
+        engines. ``pool_pre_ping`` is never passed: pre-ping is installed by
+        :func:`flask_unified_session.connections.prepare_engine`, which pings only
+        connections idle longer than ``pool_pre_ping_idle``. In-memory SQLite gets one
+        shared connection (``StaticPool``), since each new connection would otherwise see
+        an empty database; pool sizing is only passed to backends whose pool takes it.
+        """
+        url = self.url if url is None else url
+        options: dict[str, Any] = {"echo": self.echo}
+        connect_args = self.connect_args(url)
+        if is_sqlite_memory(url):
             from sqlalchemy.pool import StaticPool
 
             options["poolclass"] = StaticPool
-            options["connect_args"] = {"check_same_thread": False}
-            return options
-        options.update(
-            pool_size=self.pool_size,
-            max_overflow=self.max_overflow,
-            pool_timeout=self.pool_timeout,
-        )
-        if self.pool_recycle is not None:
-            options["pool_recycle"] = self.pool_recycle
-        if self.is_sqlite:
-            # A file database is shared by the threads of the pool.
-            options["connect_args"] = {"check_same_thread": False}
+        else:
+            options.update(
+                pool_size=self.pool_size,
+                max_overflow=self.max_overflow,
+                pool_timeout=self.pool_timeout,
+            )
+            if self.pool_recycle is not None:
+                options["pool_recycle"] = self.pool_recycle
+        if connect_args:
+            options["connect_args"] = connect_args
         return options
+
+    def connect_args(self, url: URL | None = None) -> dict[str, Any]:
+        """The driver arguments these settings imply for ``url`` (default :attr:`url`).
+
+        A value the URL's query string already sets is left to the URL.
+        """
+        url = self.url if url is None else url
+        args: dict[str, Any] = {}
+        if url.get_backend_name() == "sqlite":
+            # A file database is shared by the pool's threads; the one in-memory
+            # connection too. (SQLite's own ``timeout`` is a lock wait, not a connect
+            # timeout: it is left to the URL.)
+            args["check_same_thread"] = False
+            return args
+        driver = url.get_driver_name()
+        timeout_arg = _CONNECT_TIMEOUT_ARG.get(driver)
+        if timeout_arg is not None and timeout_arg[0] not in url.query:
+            name, whole = timeout_arg
+            args[name] = max(1, math.ceil(self.connect_timeout)) if whole else self.connect_timeout
+        if self.pgbouncer == "transaction" and driver in ("psycopg", "psycopg_async"):
+            # PgBouncer hands each transaction to any server connection: a statement
+            # prepared on one is unknown on the next. psycopg then never prepares.
+            args["prepare_threshold"] = None
+        return args
+
+
+def _first_set(mapping: Mapping[str, Any], keys: Sequence[str]) -> str | None:
+    return next((k for k in keys if mapping.get(k) not in (None, "")), None)
+
+
+def _read_values(
+    mapping: Mapping[str, Any],
+    url: URL,
+    url_key: str,
+    prefix: str,
+    async_url_keys: tuple[str, ...] | None,
+) -> dict[str, Any]:
+    values: dict[str, Any] = {"url": url, "source": url_key}
+    if async_url_keys is None:
+        async_url_keys = (
+            ("DATABASE_ASYNC_URL",) if prefix == "DB_" else (f"{prefix}DATABASE_ASYNC_URL",)
+        )
+    async_key = _first_set(mapping, async_url_keys)
+    if async_key is not None:
+        values["database_async_url"] = parse_url(mapping[async_key], async_key)
+    readers: dict[str, Any] = {
+        "echo": to_bool,
+        "pool_size": _to_int,
+        "max_overflow": _to_int,
+        "pool_timeout": _to_float,
+        "pool_recycle": _to_int,
+        "pool_pre_ping": to_bool,
+        "pool_pre_ping_idle": _to_float,
+        "connect_timeout": _to_float,
+        "pgbouncer": _to_pgbouncer,
+    }
+    for name, read in readers.items():
+        key = prefix + name.upper()
+        raw = mapping.get(key)
+        if raw is not None and raw != "":
+            value = read(key, raw)
+            check = _CHECKS.get(name)
+            values[name] = check(key, value) if check else value
+    replicas_key = prefix + "REPLICA_URLS"
+    raw_replicas = mapping.get(replicas_key)
+    if raw_replicas not in (None, ""):
+        values["replica_urls"] = _read_replicas(replicas_key, raw_replicas, url)
+    return values
+
+
+def _read_replicas(key: str, raw: object, primary: URL) -> tuple[URL, ...]:
+    """A comma-separated string, or a sequence of strings or URLs; each checked."""
+    if isinstance(raw, URL):
+        items: list[object] = [raw]
+    elif isinstance(raw, str):
+        items = [part for part in raw.split(",") if part.strip()]
+    elif isinstance(raw, Iterable):
+        items = list(raw)
+    else:
+        raise ConfigurationError(f"{key} must be a comma-separated list of database URLs")
+    replicas = []
+    for position, item in enumerate(items, start=1):
+        label = f"{key} (URL {position} of {len(items)})"
+        replica = parse_url(item, label)
+        if replica.get_backend_name() != primary.get_backend_name():
+            raise ConfigurationError(
+                f"{label} is a {replica.get_backend_name()!r} database, but the primary is "
+                f"{primary.get_backend_name()!r}: a replica serves the same database"
+            )
+        replicas.append(replica)
+    return tuple(replicas)
+
+
+def _whole_at_least(minimum: int, hint: str = "") -> Any:
+    def check(label: str, value: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ConfigurationError(
+                f"{label} must be a whole number, at least {minimum}{hint}, got {value!r}"
+            )
+        return value
+
+    return check
+
+
+def _seconds(allow_zero: bool, hint: str = "") -> Any:
+    lowest = "0 or more" if allow_zero else "more than 0"
+
+    def check(label: str, value: float) -> float:
+        ok = (
+            not isinstance(value, bool)
+            and isinstance(value, (int, float))
+            and math.isfinite(value)
+            and (value >= 0 if allow_zero else value > 0)
+            and value <= MAX_SECONDS
+        )
+        if not ok:
+            raise ConfigurationError(
+                f"{label} must be a number of seconds, {lowest} and at most "
+                f"{MAX_SECONDS:g} (one day){hint}, got {value!r}"
+            )
+        return float(value)
+
+    return check
+
+
+def _check_recycle(label: str, value: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not (value == -1 or value > 0):
+        raise ConfigurationError(
+            f"{label} must be a number of seconds more than 0, or -1 (off), got {value!r}"
+        )
+    return value
+
+
+def _check_flag(label: str, value: bool) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigurationError(f"{label} must be True or False, got {value!r}")
+    return value
+
+
+def _check_pgbouncer(label: str, value: str | None) -> str | None:
+    if value is not None and value not in PGBOUNCER_MODES:
+        raise ConfigurationError(
+            f"{label} must be 'transaction' or unset (session pooling needs no setting), "
+            f"got {value!r}"
+        )
+    return value
+
+
+_CHECKS: dict[str, Any] = {
+    "echo": _check_flag,
+    "pool_pre_ping": _check_flag,
+    # 0 is SQLAlchemy's "no limit": a pool that can open as many connections as asked.
+    "pool_size": _whole_at_least(1, " (0 would mean no limit)"),
+    # -1 is SQLAlchemy's "no limit" too: refused for the same reason.
+    "max_overflow": _whole_at_least(0, " (-1, no limit, is refused)"),
+    "pool_timeout": _seconds(allow_zero=False),
+    "connect_timeout": _seconds(allow_zero=False),
+    "pool_pre_ping_idle": _seconds(allow_zero=True, hint="; 0 pings every checkout"),
+    "pool_recycle": _check_recycle,
+    "pgbouncer": _check_pgbouncer,
+}
 
 
 def is_sqlite_memory(url: URL) -> bool:
@@ -148,7 +552,8 @@ def is_sqlite_memory(url: URL) -> bool:
 
 
 def parse_url(raw: object, key: str) -> URL:
-    """Parse ``raw`` as a SQLAlchemy URL whose driver is known; errors name ``key``."""
+    """Parse ``raw`` as a SQLAlchemy URL whose driver is known; errors name ``key`` and
+    never show a secret."""
     if isinstance(raw, URL):
         url = raw
     else:
@@ -158,17 +563,26 @@ def parse_url(raw: object, key: str) -> URL:
             url.port  # noqa: B018 - the port is parsed lazily; a bad one must fail here
         except (ArgumentError, ValueError):
             # Without '://' the value may be anything, a pasted password included: not shown.
-            shown = repr(redact_url(text)) if "://" in text else "(no 'dialect://'; value hidden)"
+            shown = (
+                repr(redact_url(text)) if _SCHEME.match(text) else "(no 'dialect://'; value hidden)"
+            )
             raise ConfigurationError(
                 f"{key} is not a valid SQLAlchemy URL: {shown} "
                 f"(expected 'dialect+driver://user:password@host:port/database')"
             ) from None
+    if url.host and "@" in url.host:
+        # SQLAlchemy ends the password at the first '@': the rest would be sent as the host
+        # name, and drivers print host names in their errors.
+        raise ConfigurationError(
+            f"{key} has a raw '@' in its password ({display_url(url)}): percent-encode "
+            f"it as %40 (and '/' as %2F, ':' as %3A, '#' as %23)"
+        )
     try:
         url.get_dialect()
     except NoSuchModuleError:
         raise ConfigurationError(
             f"{key} names an unknown database driver {url.drivername!r} "
-            f"(in {url!s}); check the part before '://'"
+            f"(in {display_url(url)}); check the part before '://'"
         ) from None
     return url
 
@@ -176,6 +590,8 @@ def parse_url(raw: object, key: str) -> URL:
 def _to_int(key: str, raw: object) -> int:
     if isinstance(raw, bool):
         raise ConfigurationError(f"{key} must be a whole number, got {raw!r}")
+    if isinstance(raw, int):
+        return raw
     try:
         return int(str(raw).strip())
     except ValueError:
@@ -183,10 +599,16 @@ def _to_int(key: str, raw: object) -> int:
 
 
 def _to_float(key: str, raw: object) -> float:
+    if isinstance(raw, bool):
+        raise ConfigurationError(f"{key} must be a number of seconds, got {raw!r}")
     try:
         return float(str(raw).strip())
     except ValueError:
         raise ConfigurationError(f"{key} must be a number of seconds, got {raw!r}") from None
+
+
+def _to_pgbouncer(key: str, raw: object) -> str:
+    return _check_pgbouncer(key, str(raw).strip().lower()) or ""
 
 
 def to_bool(key: str, raw: object) -> bool:
