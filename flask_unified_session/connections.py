@@ -217,8 +217,9 @@ def _holds_secret(value: Any, secrets: tuple[str, ...], depth: int, seen: set[in
         chained = (value.args, value.__cause__, value.__context__)
         if any(_holds_secret(item, secrets, depth, seen) for item in chained):
             return True
+    text: tuple[str, ...]
     try:
-        text = str(value), repr(value)
+        text = (str(value), repr(value))
     except Exception:
         text = ()
     if any(redact_text(t, secrets) != t for t in text):
