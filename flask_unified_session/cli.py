@@ -10,9 +10,9 @@ from flask.cli import AppGroup
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from .config import redact_url
+from .config import display_url, redact_url
 from .engines import duplicate_groups, known_engines
-from .extension import get_state
+from .state import get_state
 
 __all__ = ["unified_session_group"]
 
@@ -26,7 +26,7 @@ def doctor() -> None:
     problems = 0
     for bind_key, engine in state.engines.items():
         name = "default" if bind_key is None else f"bind {bind_key!r}"
-        click.echo(f"{name}: {engine.url!s}")
+        click.echo(f"{name}: {display_url(engine.url)}")
         click.echo(f"  pool: {_describe_pool(engine)}")
         started = time.perf_counter()
         try:
@@ -40,11 +40,13 @@ def doctor() -> None:
     click.echo("engines in this process:")
     for record in known_engines():
         origin = "created" if record.owned else "adopted"
-        click.echo(f"  {record.engine.url!s} ({origin} at {record.site})")
+        click.echo(f"  {display_url(record.engine.url)} ({origin} at {record.site})")
     for group in duplicate_groups():
         problems += 1
         sites = ", ".join(record.site for record in group)
-        click.echo(f"DUPLICATE: {len(group)} engines reach {group[0].engine.url!s}: {sites}")
+        click.echo(
+            f"DUPLICATE: {len(group)} engines reach {display_url(group[0].engine.url)}: {sites}"
+        )
     click.echo(f"commit mode: {state.commit_mode}")
     if problems:
         raise SystemExit(1)

@@ -10,6 +10,8 @@ a socket its parent also uses.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import sys
 import threading
@@ -20,8 +22,10 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine
+from sqlalchemy.pool import Pool
 
-from .config import ConfigurationError, Settings, is_sqlite_memory
+from .config import ConfigurationError, Settings, display_url, is_sqlite_memory
+from .connections import prepare_engine
 
 __all__ = [
     "DuplicateEngineWarning",
@@ -48,8 +52,9 @@ class EngineRecord:
 
 
 _lock = threading.RLock()
-# Engines the library created, by (URL, options): held strongly, reused for equal asks.
-_by_key: dict[tuple[str, str], Engine] = {}
+# Engines the library created, by (URL, options): weakly, so that an engine lives exactly as
+# long as the factories, apps and user code that hold it; reused for equal asks.
+_by_key: dict[tuple[str, str], weakref.ref[Engine]] = {}
 # Every live engine the library created or adopted, by id(engine).
 _records: dict[int, tuple[weakref.ref[Engine], tuple[str, ...] | None, str, bool]] = {}
 _warned_pairs: set[frozenset[int]] = set()
@@ -64,20 +69,33 @@ _NOT_USER_CODE = (
     "weakref",
     "flask.",
     "click",
+    "werkzeug",
+    "asyncio",
+    "concurrent.",
+    "anyio",
+    "starlette",
+    "fastapi",
 )
 
 
-def engine_for(settings: Settings) -> Engine:
-    """Return the process's engine for ``settings``, creating it on first ask.
+def engine_for(settings: Settings) -> tuple[Engine, bool]:
+    """The process's engine for ``settings`` and whether the library owns it.
 
-    Creating an engine does not connect: the first connection is made on first use.
+    An engine the library made for equal settings is reused; else a live adopted engine
+    (Flask-SQLAlchemy's) that reaches the same database with the same driver and query is
+    shared (not owned: its pool settings are its creator's); else a new one is created,
+    owned, and disposed once nothing holds it. Creating an engine does not connect.
     """
     options = settings.engine_options()
     key = (settings.url.render_as_string(hide_password=False), repr(sorted(options.items())))
     with _lock:
-        engine = _by_key.get(key)
+        ref = _by_key.get(key)
+        engine = ref() if ref is not None else None
         if engine is not None:
-            return engine
+            return engine, True
+        adopted = _adopted_for(settings.url)
+        if adopted is not None:
+            return adopted, False
         try:
             engine = create_engine(settings.url, **options)
         except ImportError as exc:
@@ -86,33 +104,40 @@ def engine_for(settings: Settings) -> Engine:
                 f"installed ({exc.name or exc}); install it, for example "
                 f"'pip install psycopg[binary]' or 'pip install PyMySQL'"
             ) from None
+        prepare_engine(engine, settings)
         if settings.is_sqlite and settings.url.get_driver_name() == "pysqlite":
             _fix_pysqlite_savepoints(engine)
-        _by_key[key] = engine
-        _record(engine, owned=True)
-        return engine
+        _dispose_when_unreferenced(engine)
+        _by_key[key] = weakref.ref(engine)
+        pair = _record(engine, owned=True)
+    _report_duplicate(engine, pair)
+    return engine, True
 
 
 def register_engine(engine: Engine) -> None:
     """Record an engine created elsewhere (adopted): reported if it duplicates another."""
     with _lock:
-        if id(engine) not in _records:
-            _record(engine, owned=False)
+        if id(engine) in _records:
+            return
+        pair = _record(engine, owned=False)
+    _report_duplicate(engine, pair)
 
 
 def known_engines() -> list[EngineRecord]:
     """Every live engine the library created or adopted, oldest first."""
-    with _lock:
-        records = []
-        for ref, database, site, owned in list(_records.values()):
-            engine = ref()
-            if engine is not None:
-                records.append(EngineRecord(engine, database, site, owned))
-        return records
+    records = []
+    # No lock: a plain copy is consistent under the GIL, and the at-fork hook must not
+    # wait on a lock that a thread which does not exist in the child holds.
+    for ref, database, site, owned in list(_records.values()):
+        engine = ref()
+        if engine is not None:
+            records.append(EngineRecord(engine, database, site, owned))
+    return records
 
 
 def duplicate_groups() -> list[list[EngineRecord]]:
     """Groups of two or more live engines that reach the same database."""
+    gc.collect()  # engines of apps that are gone (reference cycles) do not count
     groups: dict[tuple[str, ...], list[EngineRecord]] = {}
     for record in known_engines():
         if record.database is not None:
@@ -126,7 +151,7 @@ def dispose_engines() -> None:
     For test suites and shutdown hooks: engines asked for afterwards are new.
     """
     with _lock:
-        owned = list(_by_key.values())
+        owned = [engine for ref in _by_key.values() if (engine := ref()) is not None]
         _by_key.clear()
         _records.clear()
         _warned_pairs.clear()
@@ -138,8 +163,8 @@ def forget_engine(engine: Engine) -> None:
     """Stop tracking ``engine`` (without disposing it)."""
     with _lock:
         _records.pop(id(engine), None)
-        for key, known in list(_by_key.items()):
-            if known is engine:
+        for key, ref in list(_by_key.items()):
+            if ref() is engine:
                 del _by_key[key]
 
 
@@ -166,31 +191,60 @@ def creation_site() -> str:
     return "<unknown>"
 
 
-def _record(engine: Engine, *, owned: bool) -> None:
-    database = database_identity(engine.url)
-    site = creation_site()
+def _adopted_for(url: URL) -> Engine | None:
+    database = database_identity(url)
+    if database is None:
+        return None
+    for record in known_engines():
+        engine = record.engine
+        if (
+            not record.owned
+            and record.database == database
+            and engine.url.drivername == url.drivername
+            and dict(engine.url.query) == dict(url.query)
+        ):
+            return engine
+    return None
+
+
+def _record(engine: Engine, *, owned: bool) -> tuple[int, str]:
     engine_id = id(engine)
+    site = creation_site()
     _records[engine_id] = (
         weakref.ref(engine, lambda _: _forget_id(engine_id)),
-        database,
+        database_identity(engine.url),
         site,
         owned,
     )
+    return engine_id, site
+
+
+def _report_duplicate(engine: Engine, recorded: tuple[int, str]) -> None:
+    engine_id, site = recorded
+    database = database_identity(engine.url)
     if database is None:
         return
-    for other_id, (ref, other_db, other_site, _) in list(_records.items()):
-        pair = frozenset((engine_id, other_id))
-        if other_id == engine_id or other_db != database or pair in _warned_pairs:
+    others = [r for r in known_engines() if r.database == database and r.engine is not engine]
+    if not others:
+        return
+    # An engine of an app that is gone may only wait for the cycle collector: collect
+    # before calling it a duplicate (this runs only when a duplicate is suspected).
+    del others
+    gc.collect()
+    for record in known_engines():
+        if record.database != database or record.engine is engine:
             continue
-        if ref() is None:
-            continue
-        _warned_pairs.add(pair)
+        pair = frozenset((engine_id, id(record.engine)))
+        with _lock:
+            if pair in _warned_pairs:
+                continue
+            _warned_pairs.add(pair)
         warnings.warn(
-            f"two engines reach the same database {engine.url!s}: one created at "
-            f"{other_site}, another at {site}. Each engine has its own connection pool; "
+            f"two engines reach the same database {display_url(engine.url)}: one created at "
+            f"{record.site}, another at {site}. Each engine has its own connection pool; "
             f"share one (pass engine= or db= to flask_unified_session) instead",
             DuplicateEngineWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
 
 
@@ -199,6 +253,26 @@ def _forget_id(engine_id: int) -> None:
         _records.pop(engine_id, None)
         for pair in [p for p in _warned_pairs if engine_id in p]:
             _warned_pairs.discard(pair)
+        for key in [k for k, ref in _by_key.items() if ref() is None]:
+            del _by_key[key]
+
+
+def _dispose_when_unreferenced(engine: Engine) -> None:
+    # The library's own engine closes its pooled connections (and SQLite files) as soon as
+    # nothing holds it. The finalizer must not reference the engine: it keeps the current
+    # pool in a box that engine.dispose() (which replaces the pool) updates.
+    box = [engine.pool]
+
+    def remember_pool(disposed: Engine) -> None:
+        box[0] = disposed.pool
+
+    event.listen(engine, "engine_disposed", remember_pool)
+    weakref.finalize(engine, _dispose_pool, box)
+
+
+def _dispose_pool(box: list[Pool]) -> None:
+    with contextlib.suppress(Exception):  # a finalizer must not raise
+        box[0].dispose()
 
 
 def _fix_pysqlite_savepoints(engine: Engine) -> None:
@@ -215,6 +289,10 @@ def _fix_pysqlite_savepoints(engine: Engine) -> None:
 
 def _after_fork_in_child() -> None:
     # The child must not use, nor close, the parent's sockets: drop them from the pool.
+    # No lock is taken (a thread that held one does not exist in the child), and the
+    # registry gets fresh locks for the child's own threads.
+    global _lock
+    _lock = threading.RLock()
     for record in known_engines():
         record.engine.dispose(close=False)
 

@@ -3,8 +3,11 @@
 Configuration precedence, stated once:
 
 * with ``db=`` (Flask-SQLAlchemy): its engines and bind routing are adopted as they are;
-  no engine is created. ``UNIFIED_SESSION_EXPIRE_ON_COMMIT`` (default ``False``) applies to
-  the unit-of-work sessions only; ``db.session`` keeps its own settings.
+  no engine is created, and engine options belong to ``SQLALCHEMY_ENGINE_OPTIONS``: a
+  ``UNIFIED_SESSION_*`` engine key beside ``db=`` is an error naming that key. In an app
+  context every unit of work runs on ``db.session``'s session, with its settings.
+  ``UNIFIED_SESSION_EXPIRE_ON_COMMIT`` (default ``False``) applies to the sessions the
+  library opens itself (``independent=True``, outside an app context).
 * without ``db``: the URL is the first set of ``UNIFIED_SESSION_DATABASE_URL``,
   ``SQLALCHEMY_DATABASE_URI`` and ``DATABASE_URL`` in ``app.config``, then ``DATABASE_URL``
   in the environment; pool settings are ``UNIFIED_SESSION_POOL_SIZE``,
@@ -24,43 +27,33 @@ import secrets
 from collections import ChainMap
 from collections.abc import Callable, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from flask import Flask, current_app, has_app_context, has_request_context, request
+from flask.globals import _cv_app
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from . import session_factory as _factory_module
+from . import unit_of_work as _unit_of_work_module
+from .cli import unified_session_group
 from .config import ConfigurationError, Settings, to_bool
 from .engines import register_engine
 from .managers import COMMIT_MODES, RequestSessionManager, UnitOfWorkManager
 from .session_factory import SessionFactory
+from .state import EXTENSION_KEY, UnifiedSessionState, get_state
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
 
-__all__ = ["ContextProvider", "UnifiedSession", "UnifiedSessionState"]
+__all__ = ["ContextProvider", "UnifiedSession", "UnifiedSessionState", "get_state"]
 
-EXTENSION_KEY = "unified_session"
 URL_KEYS = ("UNIFIED_SESSION_DATABASE_URL", "SQLALCHEMY_DATABASE_URI", "DATABASE_URL")
 
 ContextProvider = Callable[[], Mapping[str, Any] | None]
 
 _ENVIRON_REQUEST_ID = "flask_unified_session.request_id"
 _in_context: ContextVar[bool] = ContextVar("flask_unified_session_in_context", default=False)
-
-
-@dataclass
-class UnifiedSessionState:
-    """What the extension keeps for one app, in ``app.extensions["unified_session"]``."""
-
-    extension: UnifiedSession
-    factory: SessionFactory
-    engines: dict[str | None, Engine]
-    db: SQLAlchemy | None
-    commit_mode: str
-    unified_session_manager: UnitOfWorkManager = field(init=False)
-    request_session_manager: RequestSessionManager = field(init=False)
 
 
 class UnifiedSession:
@@ -106,6 +99,7 @@ class UnifiedSession:
                 f"got {commit_mode!r}"
             )
         if db is not None:
+            _refuse_engine_keys_beside_db(app.config)
             factory, engines = _adopt_flask_sqlalchemy(app, db)
         else:
             settings = Settings.from_mapping(
@@ -120,14 +114,17 @@ class UnifiedSession:
         state = UnifiedSessionState(self, factory, engines, db, commit_mode)
         state.unified_session_manager = UnitOfWorkManager(factory)
         state.request_session_manager = RequestSessionManager(app, factory, db)
+        # One session per app context: every unit of work of this app in its app context
+        # runs on the request manager's session (db.session's, with Flask-SQLAlchemy).
+        factory.context_session = functools.partial(
+            _app_context_session, app, state.request_session_manager.current_session
+        )
         app.extensions[EXTENSION_KEY] = state
         app.unified_session_manager = state.unified_session_manager  # type: ignore[attr-defined]
         app.request_session_manager = state.request_session_manager  # type: ignore[attr-defined]
         state.request_session_manager.install(commit_mode)
         # ``flask unified-session doctor`` also for app.test_cli_runner() and apps whose
         # ``flask`` command does not load plugin entry points.
-        from .cli import unified_session_group
-
         app.cli.add_command(unified_session_group)
 
     def _context(self, app: Flask) -> dict[str, Any]:
@@ -159,16 +156,38 @@ class UnifiedSession:
         return info
 
 
-def get_state(app: Flask) -> UnifiedSessionState:
-    """The extension's state for ``app``, or an error saying how to install it."""
-    try:
-        state: UnifiedSessionState = app.extensions[EXTENSION_KEY]
-    except KeyError:
-        raise RuntimeError(
-            f"flask_unified_session is not installed on app {app.name!r}: "
-            "call UnifiedSession(app) or unified.init_app(app, db=db)"
-        ) from None
-    return state
+# Engine settings the extension would use without db=; with db= they belong to
+# Flask-SQLAlchemy, and a silently ignored pool size is worse than an error.
+_ENGINE_KEYS = (
+    "UNIFIED_SESSION_DATABASE_URL",
+    "UNIFIED_SESSION_ECHO",
+    "UNIFIED_SESSION_POOL_SIZE",
+    "UNIFIED_SESSION_MAX_OVERFLOW",
+    "UNIFIED_SESSION_POOL_TIMEOUT",
+    "UNIFIED_SESSION_POOL_RECYCLE",
+    "UNIFIED_SESSION_POOL_PRE_PING",
+    "UNIFIED_SESSION_POOL_PRE_PING_IDLE",
+    "UNIFIED_SESSION_CONNECT_TIMEOUT",
+    "UNIFIED_SESSION_PGBOUNCER",
+)
+
+
+def _refuse_engine_keys_beside_db(config: Mapping[str, Any]) -> None:
+    given = [key for key in _ENGINE_KEYS if key in config]
+    if given:
+        raise ConfigurationError(
+            f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} set, but init_app was "
+            "given db=: the engines are Flask-SQLAlchemy's, so their options belong in "
+            "SQLALCHEMY_DATABASE_URI and SQLALCHEMY_ENGINE_OPTIONS (for example "
+            "SQLALCHEMY_ENGINE_OPTIONS = {'pool_size': 20, 'pool_pre_ping': True})"
+        )
+
+
+def _app_context_session(app: Flask, current_session: Callable[[], Session]) -> Session | None:
+    context = _cv_app.get(None)
+    if context is None or context.app is not app:
+        return None
+    return current_session()
 
 
 def _adopt_flask_sqlalchemy(
@@ -252,5 +271,7 @@ def _current_app_factory() -> SessionFactory | None:
 
 
 # Inside an app context, the package's create_session() and session_scope() use the app's
-# engine: one pool for the routes and the code they call.
+# factory: one pool, and one session, for the routes and the code they call.
 _factory_module._current_factory_hooks.append(_current_app_factory)
+# The owner units join on is the app context, when one is pushed.
+_unit_of_work_module.context_owner = functools.partial(_cv_app.get, None)

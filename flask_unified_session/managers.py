@@ -1,7 +1,8 @@
-"""The two managers an app gets: a unit of work, and the request's session.
+"""The two managers an app gets: units of work, and the app context's session.
 
-Both enter the factory's :class:`~flask_unified_session.session_factory.UnitOfWork`; they
-differ only in where the session comes from and who closes it.
+Both enter the factory's :class:`~flask_unified_session.unit_of_work.UnitOfWork`, and in
+an app context both run on its one session (``db.session``'s, with Flask-SQLAlchemy),
+which stays open until the app context is torn down.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from sqlalchemy.orm import Session
 from werkzeug.exceptions import InternalServerError
 
 from . import signals
-from .session_factory import SessionFactory, UnitOfWork, _quietly
+from .session_factory import SessionFactory
+from .unit_of_work import UnitOfWork, _quietly
 
 if TYPE_CHECKING:
     from flask_sqlalchemy import SQLAlchemy
@@ -39,10 +41,12 @@ class UnitOfWorkManager:
     def get_db_session(self, nested: bool = False, independent: bool = False) -> UnitOfWork:
         """A unit of work that records who acted in ``session.info``.
 
-        Commits when the block ends normally, rolls back and re-raises on any exception,
-        always closes. Inside another unit of work of this app (including the request's
-        ``session_scope()``) it joins that one; ``nested=True`` makes it a SAVEPOINT,
-        ``independent=True`` gives it its own session and transaction.
+        Commits when the outermost block ends normally, rolls back and re-raises on any
+        exception. In an app context it runs on the app context's session and leaves it
+        open (objects stay attached) until teardown; elsewhere it opens a session and
+        closes it. Inside another unit of work of this app it joins that one;
+        ``nested=True`` makes it a SAVEPOINT, ``independent=True`` gives it its own
+        session and transaction.
         """
         return self.factory.session_scope(nested=nested, independent=independent)
 
@@ -56,11 +60,11 @@ class RequestSessionManager:
         self.db = db
 
     def session_scope(self) -> UnitOfWork:
-        """The request's session as a unit of work that does not close it.
+        """The app context's session as a unit of work (the same as ``get_db_session()``).
 
         Commits on success and rolls back on error; the session (with Flask-SQLAlchemy,
         the one behind ``db.session``) stays open, its objects attached, until the app
-        context ends. Like ``get_db_session()``, it records who acted in ``session.info``.
+        context ends. It records who acted in ``session.info``.
         """
         if not has_app_context():
             raise RuntimeError(
@@ -69,18 +73,13 @@ class RequestSessionManager:
                 "flask_unified_session.session_scope() or create_session(); inside one, "
                 "current_app.unified_session_manager.get_db_session() is a unit of work"
             )
-        if signals.session_closed.receivers and _G_OPENED_AT not in g:
-            setattr(g, _G_OPENED_AT, perf_counter())
-        return UnitOfWork(
-            self.factory,
-            self.current_session,
-            close=False,
-            sender=self.app,
-            context=self.factory.context_provider,
-        )
+        return self.factory.session_scope()
 
     def current_session(self) -> Session:
-        """The current app context's session, created on first use."""
+        """The current app context's session, created on first use; closed at teardown."""
+        if signals.session_closed.receivers and _G_OPENED_AT not in g:
+            # Its session_closed signal is sent at teardown, with the time since now.
+            setattr(g, _G_OPENED_AT, perf_counter())
         if self.db is not None:
             session: Session = self.db.session()
             return session
@@ -134,9 +133,15 @@ class RequestSessionManager:
             self._report_closed(session, opened_at)
 
     def _report_closed(self, session: Session, opened_at: float) -> None:
-        signals.session_closed.send(
-            self.app, session=session, duration=perf_counter() - opened_at, context=session.info
-        )
+        try:
+            signals.session_closed.send(
+                self.app,
+                session=session,
+                duration=perf_counter() - opened_at,
+                context=session.info,
+            )
+        except Exception:
+            log.exception("a receiver of session-closed raised; ignored")
 
     def _commit_by_status(self, response: Response, last_status: int) -> Response:
         session = self._existing_session()

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flask import current_app, has_app_context
 
-from .session_factory import SessionFactory, UnitOfWork, get_default_factory
+from .session_factory import SessionFactory, get_default_factory
+from .unit_of_work import UnitOfWork
 
 __all__ = ["SessionServiceMixin"]
 

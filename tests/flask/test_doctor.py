@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.metadata import entry_points
 
 import pytest
+import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.engine import make_url
 
@@ -64,12 +65,12 @@ def test_duplicate_engine_exits_non_zero(make_app, db_url):
     """A second engine on the app's database is reported with both sites; exit 1."""
     app = make_app()
     with pytest.warns(DuplicateEngineWarning):
-        stray = SessionFactory(url=db_url)
+        stray = SessionFactory(engine=sa.create_engine(db_url))
     result = doctor(app)
     assert result.exit_code == 1
     assert "DUPLICATE: 2 engines reach" in result.output
     assert __file__ in result.output
-    stray.dispose()
+    stray.engine.dispose()
 
 
 def test_command_is_declared_for_the_flask_cli():

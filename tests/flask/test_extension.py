@@ -64,7 +64,7 @@ def test_nothing_connects_at_init_app(make_app, flavour):
 
 
 def test_installing_the_extension_leaves_db_session_alone(db_url, tmp_path):
-    """db.session keeps its class and options (expire_on_commit stays True)."""
+    """db.session keeps its class and options; units of work in an app context run on it."""
     db = SQLAlchemy()
     app = Flask("pristine")
     app.config["SQLALCHEMY_DATABASE_URI"] = db_url
@@ -80,8 +80,8 @@ def test_installing_the_extension_leaves_db_session_alone(db_url, tmp_path):
         assert session.expire_on_commit is True
         assert dict(db.session.session_factory.kw) == before_options
         with app.unified_session_manager.get_db_session() as uow:
-            assert uow is not session
-            assert uow.expire_on_commit is False
+            assert uow is session
+            assert uow.expire_on_commit is True
         db.session.remove()
         db.engine.dispose()
 
@@ -199,12 +199,19 @@ def test_package_functions_use_the_apps_engine_in_an_app_context(make_app, monke
 @sqlite_only
 @pytest.mark.parametrize(("value", "expected"), [("false", False), ("1", True), (True, True)])
 def test_expire_on_commit_setting_is_parsed_on_both_paths(make_app, flavour, value, expected):
-    """UNIFIED_SESSION_EXPIRE_ON_COMMIT is read as a flag ("false" is off), with or without db."""
+    """UNIFIED_SESSION_EXPIRE_ON_COMMIT is read as a flag ("false" is off), with or without db.
+
+    It applies to the sessions the library opens itself (here an independent unit); with
+    Flask-SQLAlchemy the app context's session is db.session, with db.session's settings.
+    """
     app = make_app(
         flask_sqlalchemy=flavour == "flask_sqlalchemy", UNIFIED_SESSION_EXPIRE_ON_COMMIT=value
     )
-    with app.app_context(), app.unified_session_manager.get_db_session() as session:
+    manager = app.unified_session_manager
+    with app.app_context(), manager.get_db_session(independent=True) as session:
         assert session.expire_on_commit is expected
+    with manager.get_db_session() as outside_any_app_context:
+        assert outside_any_app_context.expire_on_commit is expected
 
 
 @sqlite_only

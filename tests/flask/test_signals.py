@@ -34,7 +34,7 @@ def events():
 
 
 def test_unit_of_work_signals_carry_session_duration_and_user(make_app, observer, events):
-    """A committed unit: opened, committed, closed; sender the app; the user id in context."""
+    """A committed unit: opened, committed, then closed at teardown; sender the app."""
     app = make_app(login=True)
     sessions = []
 
@@ -56,7 +56,7 @@ def test_unit_of_work_signals_carry_session_duration_and_user(make_app, observer
 
 
 def test_rollback_is_signalled(make_app, observer, events):
-    """A failing unit: opened, rolled_back, closed."""
+    """A failing unit: opened, rolled_back, then closed at teardown."""
     app = make_app()
 
     @app.post("/fail")
