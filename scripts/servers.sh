@@ -330,8 +330,9 @@ main() {
       die "the primary on port $PRIMARY_PORT is not up"
     local started=$SECONDS
     start_replica
+    local replica_seconds=$((SECONDS - started))
     start_pgbouncer
-    say "ready in $((SECONDS - started)) s"
+    say "ready in $((SECONDS - started)) s (replica $replica_seconds s, pgbouncer $((SECONDS - started - replica_seconds)) s)"
     ;;
   stop)
     stop_pgbouncer
