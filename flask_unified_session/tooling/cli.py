@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import ast
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import TextIO
 
+from flask_unified_session.tooling.cache import DIRECTORY_NAME
 from flask_unified_session.tooling.config import (
     SECTION,
     Config,
@@ -23,7 +25,7 @@ from flask_unified_session.tooling.config import (
     load_config,
 )
 from flask_unified_session.tooling.findings import RULES, Finding, render_json
-from flask_unified_session.tooling.project import iter_python_files
+from flask_unified_session.tooling.project import iter_python_files, safe_resolve
 
 INSTALL_HINT = "pip install 'flask-unified-session[tooling]'"
 
@@ -52,8 +54,31 @@ def _parser() -> argparse.ArgumentParser:
     migrate.add_argument(
         "--target",
         metavar="EXPR",
-        help="context manager outside service classes "
+        help="unit of work for code that runs in an app context "
         "(default: current_app.unified_session_manager.get_db_session())",
+    )
+    migrate.add_argument(
+        "--framework-target",
+        metavar="EXPR",
+        help="unit of work for scripts, threads, FastAPI and projects without Flask "
+        "(default: session_scope())",
+    )
+    migrate.add_argument(
+        "--accessor",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a db manager method (or factory) that hands out a session, besides the "
+        "configured ones (repeatable; e.g. --accessor get_main_session)",
+    )
+    migrate.add_argument(
+        "--no-cache", action="store_true", help="neither read nor write the result cache"
+    )
+    migrate.add_argument(
+        "--cache-dir",
+        type=Path,
+        metavar="DIR",
+        help=f"where the result cache lives (default: <project root>/{DIRECTORY_NAME})",
     )
     commands.add_parser("rules", help="list the rule codes of check")
     return parser
@@ -61,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def _display(path: Path) -> str:
     try:
-        return path.resolve().relative_to(Path.cwd().resolve()).as_posix()
+        # abspath, not resolve(): a link is shown by its own name, not its target's
+        return Path(os.path.abspath(path)).relative_to(Path.cwd().resolve()).as_posix()
     except ValueError:
         return path.as_posix()
 
@@ -78,7 +104,7 @@ def _projects(paths: Sequence[Path]) -> dict[Path, tuple[Config, list[Path]]]:
             projects[root] = (load_config(root), [])
         config, files = projects[root]
         for file in iter_python_files(path, root, config.exclude):
-            key = file.resolve()
+            key = safe_resolve(file)
             if key not in seen:
                 seen.add(key)
                 files.append(file)
@@ -133,35 +159,62 @@ def _migrate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             file=err,
         )
         return 2
-    from flask_unified_session.tooling.codemod import migrate_file
+    from flask_unified_session.tooling.cache import ResultCache
+    from flask_unified_session.tooling.migration import migrate_project
 
-    if args.target is not None and not _is_expression(args.target):
-        raise UsageError(f"--target: not a Python expression: {args.target!r}")
-    scanned = rewritten = 0
+    for option, value in (("--target", args.target), ("--framework-target", args.framework_target)):
+        if value is not None and not _is_expression(value):
+            raise UsageError(f"{option}: not a Python expression: {value!r}")
+    for name in args.accessor:
+        if not name.isidentifier():
+            raise UsageError(f"--accessor: not a name: {name!r}")
+    scanned = rewritten = changed = 0
     left: list[str] = []
     errors: list[str] = []
-    for _root, (config, paths) in _projects(args.paths).items():
+    targets: dict[str, int] = {}
+    for root, (config, paths) in _projects(args.paths).items():
         _warn(config, err)
         for key, value in (
             ("migrate-target", config.migrate_target),
             ("service-target", config.service_target),
+            ("framework-target", config.framework_target),
+            ("async-target", config.async_target),
         ):
             if not _is_expression(value):
                 raise UsageError(f"{config.source}: [{SECTION}] {key}: not a Python expression")
         if args.target is not None:
             config = replace(config, migrate_target=args.target)
-        for path in paths:
-            outcome = migrate_file(path, _display(path), config, write=args.write)
+        if args.framework_target is not None:
+            config = replace(config, framework_target=args.framework_target)
+        if args.accessor:
+            config = replace(config, accessors=(*config.accessors, *args.accessor))
+        cache_dir = None if args.no_cache else (args.cache_dir or root / DIRECTORY_NAME)
+        run = migrate_project(
+            [(p, _display(p)) for p in paths], root, config, args.write, ResultCache(cache_dir)
+        )
+        for warning in run.warnings:
+            print(f"warning: {warning}", file=err)
+        for outcome in run.outcomes:
             scanned += 1
             if outcome.error:
                 errors.append(f"{outcome.path}: {outcome.error}")
                 continue
             rewritten += outcome.rewritten
+            changed += outcome.changed
             left.extend(site.to_text() for site in outcome.left)
+            for target, count in outcome.targets.items():
+                targets[target] = targets.get(target, 0) + count
             if outcome.changed and not args.write:
                 out.write(outcome.diff())
     action = "rewritten" if args.write else "to rewrite (use --write to apply)"
-    print(f"{scanned} file(s) scanned, {rewritten} site(s) {action}.", file=err)
+    print(
+        f"{scanned} file(s) scanned, {rewritten} site(s) {action} in {changed} file(s).",
+        file=err,
+    )
+    if targets:
+        print("Targets chosen:", file=err)
+        for target, count in sorted(targets.items(), key=lambda item: (-item[1], item[0])):
+            print(f"  {count:5d}  {target}", file=err)
     if left:
         print(f"{len(left)} site(s) left unchanged:", file=err)
         for line in left:

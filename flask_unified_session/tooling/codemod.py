@@ -6,241 +6,135 @@ This module imports :mod:`libcst`; only the ``migrate`` command imports it, lazi
 from __future__ import annotations
 
 import ast
-import difflib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from flask_unified_session.tooling.analysis import (
-    escape_reason,
-    exit_problem,
-    is_method_stmt,
-    mentions,
-)
+from flask_unified_session.tooling.analysis import escape_reason, is_method_stmt, mentions
+from flask_unified_session.tooling.async_sites import rewrite_async_with
+from flask_unified_session.tooling.changes import exit_problem, plain_locals
 from flask_unified_session.tooling.checker import dotted as _ast_dotted
+from flask_unified_session.tooling.checker import walk_scope
 from flask_unified_session.tooling.config import Config
+from flask_unified_session.tooling.cstutil import (
+    dotted_cst,
+    drop_final_commit,
+    expr_to_ast,
+    pass_line,
+    raise_only,
+    split_calls,
+    statements_ast,
+    to_ast,
+    with_keyword,
+)
+from flask_unified_session.tooling.imports import add_imports
+from flask_unified_session.tooling.outcome import FileOutcome, LeftSite, unified_diff
+from flask_unified_session.tooling.scopes import ScopeTracker
+from flask_unified_session.tooling.targets import (
+    ModuleFacts,
+    Target,
+    choose_target,
+    module_facts,
+)
+from flask_unified_session.tooling.units import (
+    bare_accessors,
+    callers_index,
+    needs_independence,
+    scan_units,
+)
 
 MIXIN = "SessionServiceMixin"
 SERVICE_MANAGER = "self.db_manager"
 
+__all__ = ["FileContext", "FileOutcome", "LeftSite", "migrate_source", "unified_diff"]
+
 
 @dataclass(frozen=True)
-class LeftSite:
-    """A session site ``migrate`` did not rewrite, and why."""
+class FileContext:
+    """What the project-wide pass knows that one file's rewrite needs."""
 
-    path: str
-    line: int
-    reason: str
-
-    def to_text(self) -> str:
-        """Render as ``path:line: reason``."""
-        return f"{self.path}:{self.line}: {self.reason}"
+    project_has_flask: bool = True
+    #: functions of this file whose sites must get ``independent=True`` (see :mod:`.units`)
+    independent: frozenset[str] = field(default_factory=frozenset)
 
 
-@dataclass
-class FileOutcome:
-    """The result of migrating one file."""
-
-    path: str
-    original: str
-    new: str
-    rewritten: int = 0
-    left: list[LeftSite] = field(default_factory=list)
-    error: str | None = None
-
-    @property
-    def changed(self) -> bool:
-        """Whether the file's text changed."""
-        return self.new != self.original
-
-    def diff(self) -> str:
-        """Unified diff of the change (empty when unchanged)."""
-        return unified_diff(self.original, self.new, self.path)
-
-
-def _range(start: int, length: int) -> str:
-    """The ``start,length`` of a hunk header (1-based; an empty range names the line before)."""
-    first = start + 1 if length else start
-    return str(first) if length == 1 else f"{first},{length}"
-
-
-def unified_diff(old: str, new: str, path: str, context: int = 3) -> str:
-    """A unified diff of ``old`` to ``new``.
-
-    :func:`difflib.unified_diff` cannot turn off the "popular line" heuristic, which makes
-    whole classes look rewritten in files with many blank or repeated lines.
-    """
-    a = old.splitlines(keepends=True)
-    b = new.splitlines(keepends=True)
-    matcher = difflib.SequenceMatcher(None, a, b, autojunk=False)
-    out: list[str] = []
-    for group in matcher.get_grouped_opcodes(context):
-        if not out:
-            out += [f"--- a/{path}\n", f"+++ b/{path}\n"]
-        i1, i2, j1, j2 = group[0][1], group[-1][2], group[0][3], group[-1][4]
-        out.append(f"@@ -{_range(i1, i2 - i1)} +{_range(j1, j2 - j1)} @@\n")
-        for tag, a1, a2, b1, b2 in group:
-            if tag == "equal":
-                out += [" " + line for line in a[a1:a2]]
-                continue
-            out += ["-" + line for line in a[a1:a2]]
-            out += ["+" + line for line in b[b1:b2]]
-    return "".join(line if line.endswith("\n") else line + "\n" for line in out)
-
-
-def _dotted(node: cst.BaseExpression) -> str | None:
-    parts: list[str] = []
-    while isinstance(node, cst.Attribute):
-        parts.append(node.attr.value)
-        node = node.value
-    if isinstance(node, cst.Name):
-        parts.append(node.value)
-        return ".".join(reversed(parts))
-    return None
-
-
-_EMPTY = cst.Module(body=[])
-
-
-def _to_ast(node: cst.CSTNode) -> list[ast.stmt]:
-    """Parse the source of a statement node back with :mod:`ast` (for the safety analysis)."""
-    return ast.parse(_EMPTY.code_for_node(node)).body
-
-
-def _pass_line() -> cst.SimpleStatementLine:
-    return cst.SimpleStatementLine(body=[cst.Pass()])
-
-
-@dataclass
-class _Scope:
-    kind: str  # "def", "class", "if", "else", "try", "loop", "with", "except", "finally"
-    node: cst.CSTNode
-    needs_mixin: bool = False
-
-
-class SessionMigrator(cst.CSTTransformer):
+class SessionMigrator(ScopeTracker):
     """Rewrite safe sites in place; record the others with their reason."""
 
     METADATA_DEPENDENCIES = (PositionProvider,)
 
-    def __init__(self, config: Config, display: str) -> None:
+    def __init__(
+        self, config: Config, display: str, context: FileContext, facts: ModuleFacts
+    ) -> None:
         super().__init__()
         self.config = config
         self.display = display
-        self.scopes: list[_Scope] = []
+        self.context = context
+        self.facts = facts
+        self.bare = bare_accessors(config)
         self.rewritten = 0
         self.left: list[LeftSite] = []
-        self.need_flask = False
-        self.need_mixin = False
-        self.target = cst.parse_expression(config.migrate_target)
-        self.service_target = cst.parse_expression(config.service_target)
+        self.wanted: list[tuple[str, str]] = []
+        self.targets: dict[str, int] = {}
+        self._plain: dict[int, dict[str, str]] = {}
 
-    # -- scope tracking ----------------------------------------------------------------------
-    def _push(self, kind: str, node: cst.CSTNode) -> None:
-        self.scopes.append(_Scope(kind, node))
-
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
-        self._push("def", node)
-
-    def leave_FunctionDef(
-        self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef
-    ) -> cst.FunctionDef:
-        self.scopes.pop()
-        return updated_node
-
-    def visit_ClassDef(self, node: cst.ClassDef) -> None:
-        self._push("class", node)
-
+    # -- scopes with rewriting work ----------------------------------------------------------
     def leave_ClassDef(
         self, original_node: cst.ClassDef, updated_node: cst.ClassDef
     ) -> cst.ClassDef:
         scope = self.scopes.pop()
         if not scope.needs_mixin:
             return updated_node
-        if any((_dotted(arg.value) or "").endswith(MIXIN) for arg in updated_node.bases):
+        if any((dotted_cst(arg.value) or "").endswith(MIXIN) for arg in updated_node.bases):
             return updated_node
-        self.need_mixin = True
         bases = list(updated_node.bases)
+        mixin = cst.Arg(value=cst.Name(MIXIN))
+        plain_object = [i for i, arg in enumerate(bases) if dotted_cst(arg.value) == "object"]
+        if plain_object:
+            # object before a mixin is an MRO error: the mixin takes object's place
+            index = plain_object[0]
+            bases[index] = bases[index].with_changes(value=cst.Name(MIXIN))
+            return updated_node.with_changes(bases=bases)
+        # Last, so a base class that already derives from the mixin keeps a valid MRO.
         if bases and isinstance(bases[-1].comma, cst.MaybeSentinel):
             bases[-1] = bases[-1].with_changes(
                 comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
             )
-        new_arg = cst.Arg(value=cst.Name(MIXIN))
         if updated_node.keywords:
-            new_arg = new_arg.with_changes(
-                comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
-            )
-        return updated_node.with_changes(bases=[*bases, new_arg])
-
-    def visit_If(self, node: cst.If) -> None:
-        self._push("if", node)
-
-    def leave_If(self, original_node: cst.If, updated_node: cst.If) -> cst.If:
-        self.scopes.pop()
-        return updated_node
-
-    def visit_Else(self, node: cst.Else) -> None:
-        parent = self.scopes[-1].kind if self.scopes else ""
-        self._push("else" if parent == "if" else f"else-{parent}", node)
-
-    def leave_Else(self, original_node: cst.Else, updated_node: cst.Else) -> cst.Else:
-        self.scopes.pop()
-        return updated_node
-
-    def visit_For(self, node: cst.For) -> None:
-        self._push("loop", node)
-
-    def leave_For(
-        self, original_node: cst.For, updated_node: cst.For
-    ) -> cst.BaseStatement | cst.FlattenSentinel[cst.BaseStatement] | cst.RemovalSentinel:
-        self.scopes.pop()
-        return updated_node
-
-    def visit_While(self, node: cst.While) -> None:
-        self._push("loop", node)
-
-    def leave_While(
-        self, original_node: cst.While, updated_node: cst.While
-    ) -> cst.BaseStatement | cst.FlattenSentinel[cst.BaseStatement] | cst.RemovalSentinel:
-        self.scopes.pop()
-        return updated_node
-
-    def visit_With(self, node: cst.With) -> None:
-        self._push("with", node)
+            mixin = mixin.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")))
+        return updated_node.with_changes(bases=[*bases, mixin])
 
     def leave_With(
         self, original_node: cst.With, updated_node: cst.With
     ) -> cst.BaseStatement | cst.FlattenSentinel[cst.BaseStatement] | cst.RemovalSentinel:
         self.scopes.pop()
-        return updated_node
-
-    def visit_Try(self, node: cst.Try) -> None:
-        self._push("try", node)
-
-    def leave_Try(
-        self, original_node: cst.Try, updated_node: cst.Try
-    ) -> cst.BaseStatement | cst.FlattenSentinel[cst.BaseStatement] | cst.RemovalSentinel:
-        self.scopes.pop()
-        return updated_node
-
-    def visit_ExceptHandler(self, node: cst.ExceptHandler) -> None:
-        self._push("except", node)
-
-    def leave_ExceptHandler(
-        self, original_node: cst.ExceptHandler, updated_node: cst.ExceptHandler
-    ) -> cst.ExceptHandler:
-        self.scopes.pop()
-        return updated_node
-
-    def visit_Finally(self, node: cst.Finally) -> None:
-        self._push("finally", node)
-
-    def leave_Finally(self, original_node: cst.Finally, updated_node: cst.Finally) -> cst.Finally:
-        self.scopes.pop()
-        return updated_node
+        if original_node.asynchronous is None or len(updated_node.items) != 1:
+            return updated_node
+        item = updated_node.items[0]
+        call = item.item
+        if (
+            not isinstance(call, cst.Call)
+            or call.args
+            or dotted_cst(call.func) not in self.config.async_factories
+            or item.asname is None
+            or not isinstance(item.asname.name, cst.Name)
+        ):
+            return updated_node
+        name = item.asname.name.value
+        result = rewrite_async_with(updated_node, name, self.config, self._plain_for_function())
+        if isinstance(result, str):
+            self.left.append(LeftSite(self.display, self._line(original_node), result))
+            return updated_node
+        self._use(
+            Target(
+                self.config.async_target,
+                (("flask_unified_session.asyncio", "async_session_scope"),),
+                "async with an async session factory",
+            )
+        )
+        return result
 
     # -- blocks ------------------------------------------------------------------------------
     def leave_IndentedBlock(
@@ -254,7 +148,11 @@ class SessionMigrator(cst.CSTTransformer):
         return updated_node  # module-level sites are reported, never rewritten
 
     def _site_name(self, stmt: cst.BaseStatement) -> tuple[str, str] | None:
-        """(variable, manager) when ``stmt`` is ``variable = <manager>.get_session()``."""
+        """(variable, manager) when ``stmt`` is ``variable = <manager>.<accessor>()``.
+
+        A configured accessor other than get_session also matches as a plain call
+        (``SessionLocal()``); its manager is then the accessor's own name.
+        """
         if not isinstance(stmt, cst.SimpleStatementLine) or len(stmt.body) != 1:
             return None
         small = stmt.body[0]
@@ -265,12 +163,14 @@ class SessionMigrator(cst.CSTTransformer):
             target, value = small.target, small.value
         else:
             return None
-        if not isinstance(target, cst.Name) or not isinstance(value, cst.Call):
+        if not isinstance(target, cst.Name) or not isinstance(value, cst.Call) or value.args:
             return None
         func = value.func
-        if not isinstance(func, cst.Attribute) or func.attr.value != "get_session" or value.args:
+        if isinstance(func, cst.Name) and func.value in self.bare:
+            return target.value, func.value
+        if not isinstance(func, cst.Attribute) or func.attr.value not in self.config.accessors:
             return None
-        manager = _dotted(func.value)
+        manager = dotted_cst(func.value)
         if manager is None or not self.config.is_manager(manager):
             return None
         return target.value, manager
@@ -304,14 +204,32 @@ class SessionMigrator(cst.CSTTransformer):
         return result
 
     # -- one site ----------------------------------------------------------------------------
+    def _plain_for_function(self) -> dict[str, str]:
+        """:func:`plain_locals` of the enclosing function (computed once per function)."""
+        function = self.function()
+        if function is None:
+            return {}
+        key = id(function)
+        if key not in self._plain:
+            parsed = to_ast(function)
+            node = parsed[0] if parsed else None
+            self._plain[key] = (
+                plain_locals(node)
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+                else {}
+            )
+        return self._plain[key]
+
     def _enclosing_reason(self, name: str) -> str | None:
         if not any(scope.kind == "def" for scope in self.scopes):
             return "module-level session (no function to scope a unit of work)"
-        if not self.scopes:
-            return None
         owner = self.scopes[-1]
         if owner.kind in ("if", "else"):
-            return "ownership is conditional (the session is obtained inside an if)"
+            # Only a test on the variable itself (`if session is None: session = ...`) makes
+            # ownership conditional; any other if just decides whether the site runs.
+            tested = owner if owner.kind == "if" else self.scopes[-2]
+            if isinstance(tested.node, cst.If) and mentions(expr_to_ast(tested.node.test), name):
+                return "ownership is conditional (the if tests the session variable)"
         if (
             owner.kind == "try"
             and isinstance(owner.node, cst.Try)
@@ -322,7 +240,7 @@ class SessionMigrator(cst.CSTTransformer):
 
     def _rest_reason(self, rest: Sequence[cst.BaseStatement], name: str) -> str:
         """Why statements after the assignment are not a ``try/finally: close()`` site."""
-        code = [node for stmt in rest for node in _to_ast(stmt)]
+        code = statements_ast(rest)
         for node in code:
             if isinstance(node, ast.Try) and any(
                 isinstance(n, ast.Call) and _ast_dotted(n.func) == f"{name}.close"
@@ -338,18 +256,29 @@ class SessionMigrator(cst.CSTTransformer):
             return reason
         return "no try/finally closes the session right after it is obtained"
 
-    def _choose_target(self, manager: str) -> cst.BaseExpression | str:
-        if manager.startswith("self."):
-            if manager != SERVICE_MANAGER:
-                return f"{manager} is not self.db_manager: SessionServiceMixin would not use it"
-            classes = [scope for scope in self.scopes if scope.kind == "class"]
-            if not classes:
-                return "self.db_manager used outside a class"
-            classes[-1].needs_mixin = True
-            return self.service_target
-        if self.config.migrate_target.startswith("current_app."):
-            self.need_flask = True
-        return self.target
+    def _choose_target(self, manager: str) -> Target | str:
+        service = manager.startswith("self.")
+        if service and manager != SERVICE_MANAGER:
+            return f"{manager} is not self.db_manager: SessionServiceMixin would not use it"
+        classes = self.enclosing_class()
+        if service and classes is None:
+            return "self.db_manager used outside a class"
+        function = self.function()
+        target = choose_target(
+            self.config,
+            self.context.project_has_flask,
+            self.facts,
+            function.name.value if function is not None else None,
+            service,
+        )
+        if target.expr == self.config.service_target and classes is not None:
+            classes.needs_mixin = True
+        return target
+
+    def _use(self, target: Target) -> None:
+        self.wanted.extend(target.imports)
+        key = f"{target.expr} ({target.why})"
+        self.targets[key] = self.targets.get(key, 0) + 1
 
     def _rewrite(
         self, body: list[cst.BaseStatement], index: int, name: str, manager: str
@@ -367,7 +296,7 @@ class SessionMigrator(cst.CSTTransformer):
             stmt = body[position]
             if isinstance(stmt, cst.Try) and self._closes_in_finally(stmt, name):
                 break
-            if mentions(_to_ast(stmt), name):
+            if mentions(to_ast(stmt), name):
                 return self._rest_reason(body[position:], name)
             hoisted.append(stmt)
             position += 1
@@ -389,7 +318,11 @@ class SessionMigrator(cst.CSTTransformer):
                         own.pop(0)
                 hoisted[0] = head.with_changes(leading_lines=[*first_lines, *own])
                 first_lines = []
-        built = built.with_changes(leading_lines=[*first_lines, *try_node.leading_lines])
+        try_lines = list(try_node.leading_lines)
+        if index == 0 and not first_lines and not hoisted:  # now first in its block
+            while try_lines and try_lines[0].comment is None:
+                try_lines.pop(0)
+        built = built.with_changes(leading_lines=[*first_lines, *try_lines])
         return [*hoisted, built], position + 1
 
     @staticmethod
@@ -400,32 +333,23 @@ class SessionMigrator(cst.CSTTransformer):
         if not isinstance(final, cst.IndentedBlock):
             return False
         return any(
-            is_method_stmt(code, name, "close") for stmt in final.body for code in _to_ast(stmt)
+            is_method_stmt(code, name, "close") for stmt in final.body for code in to_ast(stmt)
         )
 
-    @staticmethod
-    def _split(
-        block: cst.BaseSuite, name: str, method: str
-    ) -> tuple[list[cst.BaseStatement], list[cst.EmptyLine]]:
-        """Statements of ``block`` without top-level ``name.method()``.
-
-        Comment lines above a removed statement move to the next kept statement; those left
-        over (nothing follows) are returned so the caller can keep them in a block footer.
-        """
-        kept: list[cst.BaseStatement] = []
-        carried: list[cst.EmptyLine] = []
-        statements = block.body if isinstance(block, cst.IndentedBlock) else []
-        for stmt in statements:
-            code = _to_ast(stmt)
-            if len(code) == 1 and is_method_stmt(code[0], name, method):
-                if isinstance(stmt, cst.SimpleStatementLine):
-                    carried += [line for line in stmt.leading_lines if line.comment is not None]
-                continue
-            if carried and isinstance(stmt, (cst.SimpleStatementLine, cst.BaseCompoundStatement)):
-                stmt = stmt.with_changes(leading_lines=[*carried, *stmt.leading_lines])
-                carried = []
-            kept.append(stmt)
-        return kept, carried
+    def _handlers(self, node: cst.Try, name: str) -> list[cst.ExceptHandler] | str:
+        """The try's handlers without their ``rollback()``, or why they cannot be kept."""
+        handlers: list[cst.ExceptHandler] = []
+        for handler in node.handlers:
+            if handler.type is not None and mentions(expr_to_ast(handler.type), name):
+                return "an except handler uses the session for more than rollback()"
+            rest, orphans = split_calls(handler.body, name, "rollback")
+            if mentions(statements_ast(rest), name):
+                return "an except handler uses the session for more than rollback()"
+            new_body = handler.body.with_changes(body=rest or [pass_line()])
+            if orphans and isinstance(new_body, cst.IndentedBlock):
+                new_body = new_body.with_changes(footer=[*orphans, *new_body.footer])
+            handlers.append(handler.with_changes(body=new_body))
+        return handlers
 
     def _build(
         self,
@@ -439,20 +363,12 @@ class SessionMigrator(cst.CSTTransformer):
         if not isinstance(node.body, cst.IndentedBlock):
             return "single-line try body"
         assert node.finalbody is not None
-        final_rest, _ = self._split(node.finalbody.body, name, "close")
-        if final_rest and mentions([c for s in final_rest for c in _to_ast(s)], name):
+        final_rest, _ = split_calls(node.finalbody.body, name, "close")
+        if final_rest and mentions(statements_ast(final_rest), name):
             return "the finally uses the session for more than close()"
-        handlers: list[cst.ExceptHandler] = []
-        for handler in node.handlers:
-            if handler.type is not None and mentions(_to_ast(cst.Expr(handler.type)), name):
-                return "an except handler uses the session for more than rollback()"
-            rest, orphans = self._split(handler.body, name, "rollback")
-            if mentions([c for s in rest for c in _to_ast(s)], name):
-                return "an except handler uses the session for more than rollback()"
-            new_body = handler.body.with_changes(body=rest or [_pass_line()])
-            if orphans and isinstance(new_body, cst.IndentedBlock):
-                new_body = new_body.with_changes(footer=[*orphans, *new_body.footer])
-            handlers.append(handler.with_changes(body=new_body))
+        handlers = self._handlers(node, name)
+        if isinstance(handlers, str):
+            return handlers
         body_statements = list(node.body.body)
         keep_else: cst.Else | None = None
         if node.orelse is not None:
@@ -461,23 +377,32 @@ class SessionMigrator(cst.CSTTransformer):
                 if isinstance(node.orelse.body, cst.IndentedBlock)
                 else []
             )
-            uses = mentions([c for s in else_statements for c in _to_ast(s)], name)
-            if uses and handlers and not self._raise_only(handlers):
+            uses = mentions(statements_ast(else_statements), name)
+            if uses and handlers and not raise_only(handlers):
                 return "the try's else uses the session while except handlers are kept"
             if uses:
                 body_statements += else_statements
             else:
                 keep_else = node.orelse
-        block_code = [c for s in body_statements for c in _to_ast(s)]
-        everything = block_code + [c for h in handlers for s in h.body.body for c in _to_ast(s)]
-        reason = escape_reason(everything, name)
+        block_code = statements_ast(body_statements)
+        handler_code = [
+            c
+            for h in handlers
+            for c in statements_ast(h.body.body if isinstance(h.body, cst.IndentedBlock) else [])
+        ]
+        reason = escape_reason(block_code + handler_code, name)
         if reason:
             return reason
-        reason = exit_problem(block_code, name)
+        if any(isinstance(n, (ast.Yield, ast.YieldFrom)) for n in walk_scope(block_code)):
+            return (
+                "the block yields: a unit of work would stay open while the consumer runs "
+                "(rewrite it by hand)"
+            )
+        reason = exit_problem(block_code, name, self._plain_for_function())
         if reason:
             return reason
         for stmt in after:
-            code = _to_ast(stmt)
+            code = to_ast(stmt)
             if (
                 len(code) == 1
                 and isinstance(code[0], ast.Assign)
@@ -490,22 +415,33 @@ class SessionMigrator(cst.CSTTransformer):
         target = self._choose_target(manager)
         if isinstance(target, str):
             return target
-        footer = list(node.body.footer)
-        last = _to_ast(body_statements[-1]) if body_statements else []
-        if len(last) == 1 and is_method_stmt(last[0], name, "commit"):
-            commit = body_statements.pop()
-            if isinstance(commit, cst.SimpleStatementLine):
-                footer = [line for line in commit.leading_lines if line.comment] + footer
+        expression = cst.parse_expression(target.expr)
+        function = self.function()
+        if function is not None and function.name.value in self.context.independent:
+            flagged = with_keyword(expression, "independent")
+            if flagged is None:
+                return (
+                    "it keeps its own transaction boundaries and is called inside another "
+                    f"unit of work, but the target {target.expr} takes no independent=True"
+                )
+            expression = flagged
+            target = Target(
+                cst.Module(body=[]).code_for_node(expression),
+                target.imports,
+                target.why + "; own transaction: called inside another unit of work",
+            )
+        self._use(target)
+        body_statements, footer = drop_final_commit(body_statements, name, node.body.footer)
         header = node.body.header
         if header.comment is None and assign_comment is not None:
             header = assign_comment
         with_node = cst.With(
-            items=[cst.WithItem(item=target, asname=cst.AsName(name=cst.Name(name)))],
+            items=[cst.WithItem(item=expression, asname=cst.AsName(name=cst.Name(name)))],
             body=node.body.with_changes(
-                body=body_statements or [_pass_line()], footer=footer, header=header
+                body=body_statements or [pass_line()], footer=footer, header=header
             ),
         )
-        if self._raise_only(handlers):
+        if raise_only(handlers):
             handlers = []
         final = (
             node.finalbody.with_changes(body=node.finalbody.body.with_changes(body=final_rest))
@@ -523,124 +459,58 @@ class SessionMigrator(cst.CSTTransformer):
             finalbody=final,
         )
 
-    @staticmethod
-    def _raise_only(handlers: Sequence[cst.ExceptHandler]) -> bool:
-        """Whether every handler only re-raises (so all of them can go)."""
 
-        def bare_raise(handler: cst.ExceptHandler) -> bool:
-            code = [c for s in handler.body.body for c in _to_ast(s)]
-            return len(code) == 1 and isinstance(code[0], ast.Raise) and code[0].exc is None
-
-        return bool(handlers) and all(bare_raise(h) for h in handlers)
-
-
-def _imported_names(module: cst.Module) -> set[tuple[str, str]]:
-    """(module, name) pairs bound by top-level ``from module import name`` statements."""
-    found: set[tuple[str, str]] = set()
-    for stmt in module.body:
-        if not isinstance(stmt, cst.SimpleStatementLine):
-            continue
-        for small in stmt.body:
-            if isinstance(small, cst.ImportFrom) and small.module and not small.relative:
-                source = _dotted(small.module) or ""
-                if isinstance(small.names, cst.ImportStar):
-                    found.add((source, "*"))
-                    continue
-                for alias in small.names:
-                    if alias.asname is None and isinstance(alias.name, cst.Name):
-                        found.add((source, alias.name.value))
-    return found
+def parse_error(source: str, display: str) -> str:
+    """The message of a file that does not parse, at the line Python itself reports."""
+    try:
+        compile(source, display, "exec", dont_inherit=True, flags=ast.PyCF_ONLY_AST)
+    except SyntaxError as exc:
+        return f"does not parse: {exc.msg} (line {exc.lineno or 1})"
+    except ValueError as exc:  # null bytes
+        return f"does not parse: {exc}"
+    return "does not parse (libcst cannot read this syntax)"
 
 
-def _is_import_line(stmt: cst.BaseStatement) -> bool:
-    return isinstance(stmt, cst.SimpleStatementLine) and all(
-        isinstance(small, (cst.Import, cst.ImportFrom)) for small in stmt.body
-    )
-
-
-def _is_docstring(stmt: cst.BaseStatement) -> bool:
-    return (
-        isinstance(stmt, cst.SimpleStatementLine)
-        and len(stmt.body) == 1
-        and isinstance(stmt.body[0], cst.Expr)
-        and isinstance(stmt.body[0].value, (cst.SimpleString, cst.ConcatenatedString))
-    )
-
-
-def add_imports(module: cst.Module, wanted: Sequence[tuple[str, str]]) -> cst.Module:
-    """Add ``from module import name`` lines after the module's leading imports.
-
-    Existing import lines are never edited; a name already imported is not added again.
-    """
-    present = _imported_names(module)
-    missing = [
-        (source, name)
-        for source, name in wanted
-        if (source, name) not in present and (source, "*") not in present
-    ]
-    if not missing:
-        return module
-    body = list(module.body)
-    position = 1 if body and _is_docstring(body[0]) else 0
-    last_import = None
-    for index in range(position, len(body)):
-        if _is_import_line(body[index]):
-            last_import = index
-        elif not _is_docstring(body[index]):
-            break
-    new_lines = [
-        cst.parse_statement(f"from {source} import {name}\n", config=module.config_for_parsing)
-        for source, name in missing
-    ]
-    if last_import is not None:
-        insert_at = last_import + 1
-    else:
-        insert_at = position
-        if position:  # after the docstring, separated by one blank line
-            new_lines[0] = new_lines[0].with_changes(leading_lines=[cst.EmptyLine()])
-    return module.with_changes(body=[*body[:insert_at], *new_lines, *body[insert_at:]])
-
-
-def migrate_source(source: str, display: str, config: Config) -> FileOutcome:
+def migrate_source(
+    source: str,
+    display: str,
+    config: Config,
+    context: FileContext | None = None,
+    tree: ast.Module | None = None,
+) -> FileOutcome:
     """Migrate the text of one file; never raises for bad input (sets ``error`` instead)."""
     outcome = FileOutcome(display, source, source)
     try:
         module = cst.parse_module(source)
-    except cst.ParserSyntaxError as exc:
-        outcome.error = f"does not parse: {exc.message} (line {exc.raw_line})"
+    except cst.ParserSyntaxError:
+        outcome.error = parse_error(source, display)
         return outcome
-    migrator = SessionMigrator(config, display)
+    if tree is None:
+        try:
+            tree = ast.parse(source)
+        except (SyntaxError, ValueError):
+            outcome.error = parse_error(source, display)
+            return outcome
+    if context is None:
+        # On its own, a file is its own project: its helpers called by its other units
+        # still keep their transaction boundaries.
+        units = scan_units(tree, config)
+        context = FileContext(True, needs_independence(units, callers_index([units])))
+    migrator = SessionMigrator(config, display, context, module_facts(tree))
     new_module = MetadataWrapper(module).visit(migrator)
     outcome.left = migrator.left
-    outcome.rewritten = migrator.rewritten
-    if not migrator.rewritten:
+    outcome.rewritten = sum(migrator.targets.values())  # sync and async sites alike
+    outcome.targets = migrator.targets
+    if not migrator.targets:
         return outcome
-    wanted: list[tuple[str, str]] = []
-    if migrator.need_flask:
-        wanted.append(("flask", "current_app"))
-    if migrator.need_mixin:
-        wanted.append(("flask_unified_session", MIXIN))
-    new_module = add_imports(new_module, wanted)
+    new_module = add_imports(new_module, sorted(set(migrator.wanted)))
     new_source = new_module.code
     try:
         compile(new_source, display, "exec", dont_inherit=True)
     except SyntaxError as exc:  # pragma: no cover - a bug in the codemod, never written
         outcome.error = f"the rewrite would not compile ({exc.msg}); file left unchanged"
         outcome.rewritten = 0
+        outcome.targets = {}
         return outcome
     outcome.new = new_source
-    return outcome
-
-
-def migrate_file(path: Path, display: str, config: Config, write: bool) -> FileOutcome:
-    """Migrate one file on disk; write it back only when ``write`` and it changed."""
-    try:
-        source = path.read_bytes().decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        outcome = FileOutcome(display, "", "")
-        outcome.error = f"cannot read: {exc}"
-        return outcome
-    outcome = migrate_source(source, display, config)
-    if write and outcome.changed and outcome.error is None:
-        path.write_bytes(outcome.new.encode("utf-8"))
     return outcome

@@ -16,6 +16,16 @@ DEFAULT_MANAGER_NAMES = ("db_manager", "self.db_manager", "database_manager")
 DEFAULT_SESSION_FACTORIES = ("SessionLocal", "get_session")
 DEFAULT_MIGRATE_TARGET = "current_app.unified_session_manager.get_db_session()"
 DEFAULT_SERVICE_TARGET = "self.db_session()"
+DEFAULT_FRAMEWORK_TARGET = "session_scope()"
+DEFAULT_ASYNC_TARGET = "async_session_scope()"
+DEFAULT_ACCESSORS = ("get_session",)
+DEFAULT_ASYNC_FACTORIES = (
+    "AsyncSessionLocal",
+    "async_session",
+    "async_session_maker",
+    "async_session_factory",
+    "AsyncSession",
+)
 
 
 class ConfigError(Exception):
@@ -33,6 +43,13 @@ class Config:
     exclude: tuple[str, ...] = ()
     migrate_target: str = DEFAULT_MIGRATE_TARGET
     service_target: str = DEFAULT_SERVICE_TARGET
+    framework_target: str = DEFAULT_FRAMEWORK_TARGET
+    async_target: str = DEFAULT_ASYNC_TARGET
+    #: methods of a db manager that hand out a new session (``db_manager.get_session()``);
+    #: a name other than get_session also matches as a plain call (``SessionLocal()``)
+    accessors: tuple[str, ...] = DEFAULT_ACCESSORS
+    #: async session factories used as ``async with Factory() as session:``
+    async_factories: tuple[str, ...] = DEFAULT_ASYNC_FACTORIES
     source: Path | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -60,7 +77,7 @@ def find_project_root(path: Path) -> Path:
     return start
 
 
-def _load_toml(path: Path) -> dict[str, Any] | None:
+def read_toml(path: Path) -> dict[str, Any] | None:
     """Parse a TOML file; None when no TOML parser is available (Python 3.10 without tomli)."""
     if sys.version_info >= (3, 11):
         import tomllib
@@ -120,6 +137,14 @@ def parse_table(path: Path, table: object) -> Config:
             config = replace(config, migrate_target=_string(path, key, value))
         elif key == "service-target":
             config = replace(config, service_target=_string(path, key, value))
+        elif key == "framework-target":
+            config = replace(config, framework_target=_string(path, key, value))
+        elif key == "async-target":
+            config = replace(config, async_target=_string(path, key, value))
+        elif key == "accessors":
+            config = replace(config, accessors=_string_list(path, key, value))
+        elif key == "async-session-factories":
+            config = replace(config, async_factories=_string_list(path, key, value))
         else:
             raise ConfigError(f"{path}: [{SECTION}] unknown key {key!r}")
     return config
@@ -136,7 +161,7 @@ def load_config(root: Path) -> Config:
         raise ConfigError(f"{pyproject}: cannot read: {exc}") from exc
     if "flask-unified-session" not in text:
         return Config()
-    data = _load_toml(pyproject)
+    data = read_toml(pyproject)
     if data is None:  # pragma: no cover - Python 3.10 without tomli
         return Config(
             warnings=(

@@ -50,6 +50,11 @@ RULES: dict[str, Rule] = {
             "use the unit of work `get_db_session()` / `self.db_session()` which commits on exit",
         ),
         Rule(
+            "FUS007",
+            "session factory (sessionmaker / async_sessionmaker) created in more than one module",
+            "create the session factory once, next to the engine, and import it",
+        ),
+        Rule(
             "FUS900",
             "file does not parse",
             "fix the syntax error (the file was not checked)",

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import importlib.machinery
 import importlib.util
+import io
 import sys
+import tokenize
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -14,9 +17,45 @@ SKIP_DIRS = frozenset(
 )
 
 
+def safe_resolve(path: Path) -> Path:
+    """``path.resolve()``, or its absolute form when it is a symlink loop (never raises)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):  # RuntimeError: "Symlink loop" before Python 3.13
+        return path.absolute()
+
+
+def describe_unreadable(path: Path, exc: OSError) -> str:
+    """Why ``path`` cannot be read, naming the link and its target the right way round."""
+    if path.is_symlink():
+        try:
+            target = path.readlink()
+        except OSError:
+            target = None
+        if exc.errno == errno.ELOOP:
+            return f"cannot read: {path.name} is a symbolic link loop"
+        if target is not None and not path.exists():
+            return f"cannot read: {path.name} is a link to {target}, which does not exist"
+    return f"cannot read: {exc.strerror or exc}"
+
+
+def source_encoding(data: bytes) -> str:
+    """The PEP 263 encoding of Python source ``data`` (``utf-8`` without a declaration)."""
+    try:
+        encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
+    except (SyntaxError, LookupError):
+        return "utf-8"
+    return "utf-8" if encoding == "utf-8-sig" else encoding
+
+
+def decode_source(data: bytes) -> str:
+    """Python source text in its declared encoding (undecodable bytes replaced)."""
+    return data.decode(source_encoding(data), errors="replace")
+
+
 def _excluded(path: Path, root: Path, exclude: Sequence[str]) -> bool:
     try:
-        rel = path.resolve().relative_to(root).as_posix()
+        rel = safe_resolve(path).relative_to(root).as_posix()
     except ValueError:
         rel = path.as_posix()
     return any(fnmatch.fnmatch(rel, pattern) for pattern in exclude)
@@ -51,7 +90,7 @@ def iter_python_files(path: Path, root: Path, exclude: Sequence[str] = ()) -> li
 def module_name(path: Path, root: Path) -> str:
     """Dotted module name of ``path`` inside the project at ``root`` (``src/`` layout aware)."""
     try:
-        rel = path.resolve().relative_to(root)
+        rel = safe_resolve(path).relative_to(root)
     except ValueError:
         return path.stem
     parts = list(rel.with_suffix("").parts)
@@ -74,11 +113,14 @@ class ModuleResolver:
 
     Top-level names missing from the tree are looked up with :func:`importlib.util.find_spec`
     (which imports nothing for a top-level name); submodules are looked up on the file system,
-    never imported.
+    never imported. A top-level name that a declared dependency provides exists too: ``check``
+    may run where the project's dependencies are not installed.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, declared: frozenset[str] = frozenset()) -> None:
         self.root = root
+        #: lower-cased import names of the project's declared dependencies
+        self.declared = declared
         self.bases: tuple[Path, ...] = (root,) + (
             (root / "src",) if (root / "src").is_dir() else ()
         )
@@ -149,7 +191,7 @@ class ModuleResolver:
         for base in (*self.bases, importer.parent):
             if self._in_tree(base, parts):
                 return True
-        return self._in_env(parts)
+        return self._in_env(parts) or parts[0].lower() in self.declared
 
     def relative_exists(self, module: str | None, level: int, importer: Path) -> bool:
         """Whether ``from <level dots><module> import ...`` resolves against ``importer``."""

@@ -102,10 +102,10 @@ def test_fus002_session_not_closed(project: WriteProject) -> None:
                     with s:
                         s.query(1)
 
-                def helper_closes(factory):
-                    s = factory.get_session()
+                def helper_closes(db_manager):
+                    s = db_manager.get_session()
                     s.query(1)
-                    factory.close_session(s)
+                    db_manager.close_session(s)
                 """
             ),
             "app/db.py": "SessionLocal = engine = None\n",

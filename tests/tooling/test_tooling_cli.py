@@ -136,11 +136,14 @@ def test_migrate_diff_is_default_and_writes_nothing(
     assert main(["migrate", "."]) == 0
     captured = capsys.readouterr()
     assert captured.out.startswith("--- a/svc.py\n+++ b/svc.py\n")
-    assert "+        with current_app.unified_session_manager.get_db_session() as session:\n" in (
-        captured.out
-    )
+    assert "+        with session_scope() as session:\n" in captured.out
     assert (root / "svc.py").read_text(encoding="utf-8") == LEGACY
-    assert "2 file(s) scanned, 1 site(s) to rewrite (use --write to apply)." in captured.err
+    assert "2 file(s) scanned, 1 site(s) to rewrite (use --write to apply) in 1 file(s)." in (
+        captured.err
+    )
+    assert "Targets chosen:\n      1  session_scope() (the project does not depend on Flask)\n" in (
+        captured.err
+    )
     assert "9 site(s) left unchanged:" in captured.err
     assert "  leak.py:5: the session is returned\n" in captured.err
 
@@ -164,12 +167,21 @@ def test_migrate_write_then_idempotent(
 def test_migrate_target_option(
     project: WriteProject, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--target sets the unit of work outside service classes; a non-expression exits 2."""
-    root = project({"svc.py": LEGACY})
+    """--target sets the unit of work of app-context code, --framework-target the other."""
+    view = "from flask import flash\n\n\n" + LEGACY.replace(
+        "return True", "flash('ok')\n    return True"
+    )
+    root = project({"svc.py": LEGACY, "view.py": view})
     monkeypatch.chdir(root)
-    assert main(["migrate", "--target", "unit_of_work()", "svc.py"]) == 0
-    assert "+        with unit_of_work() as session:\n" in capsys.readouterr().out
+    assert (
+        main(["migrate", "--target", "unit_of_work()", "--framework-target", "scope()", "."]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "+        with scope() as session:\n" in out
+    assert "+        with unit_of_work() as session:\n" in out
     assert main(["migrate", "--target", "with (", "svc.py"]) == 2
+    assert main(["migrate", "--framework-target", "with (", "svc.py"]) == 2
+    assert main(["migrate", "--accessor", "not a name", "svc.py"]) == 2
 
 
 def test_migrate_syntax_error_reported(
@@ -183,7 +195,7 @@ def test_migrate_syntax_error_reported(
     err = capsys.readouterr().err
     assert "error: broken.py: does not parse" in err
     assert (root / "broken.py").read_text(encoding="utf-8") == broken
-    assert "current_app" in (root / "svc.py").read_text(encoding="utf-8")
+    assert "session_scope()" in (root / "svc.py").read_text(encoding="utf-8")
 
 
 def test_migrate_without_libcst_exits_2(

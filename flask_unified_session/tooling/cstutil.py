@@ -1,0 +1,115 @@
+"""Small libcst helpers shared by the sync and async rewrites."""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Sequence
+
+import libcst as cst
+
+from flask_unified_session.tooling.changes import is_method_stmt
+
+_EMPTY = cst.Module(body=[])
+
+
+def to_ast(node: cst.CSTNode) -> list[ast.stmt]:
+    """Parse the source of a statement node back with :mod:`ast` (for the safety analysis)."""
+    return ast.parse(_EMPTY.code_for_node(node)).body
+
+
+def expr_to_ast(node: cst.BaseExpression) -> ast.expr:
+    """Parse the source of an expression node back with :mod:`ast`."""
+    return ast.parse("(" + _EMPTY.code_for_node(node) + ")", mode="eval").body
+
+
+def statements_ast(statements: Sequence[cst.CSTNode]) -> list[ast.stmt]:
+    """:func:`to_ast` of several statements, concatenated."""
+    return [code for stmt in statements for code in to_ast(stmt)]
+
+
+def dotted_cst(node: cst.BaseExpression) -> str | None:
+    """``a.b.c`` for a Name/Attribute chain, else None."""
+    parts: list[str] = []
+    while isinstance(node, cst.Attribute):
+        parts.append(node.attr.value)
+        node = node.value
+    if isinstance(node, cst.Name):
+        parts.append(node.value)
+        return ".".join(reversed(parts))
+    return None
+
+
+def pass_line() -> cst.SimpleStatementLine:
+    """A ``pass`` statement line."""
+    return cst.SimpleStatementLine(body=[cst.Pass()])
+
+
+def split_calls(
+    block: cst.BaseSuite, name: str, method: str
+) -> tuple[list[cst.BaseStatement], list[cst.EmptyLine]]:
+    """Statements of ``block`` without top-level ``name.method()`` (awaited or not).
+
+    Comment lines above a removed statement move to the next kept statement; those left
+    over (nothing follows) are returned so the caller can keep them in a block footer.
+    """
+    kept: list[cst.BaseStatement] = []
+    carried: list[cst.EmptyLine] = []
+    statements = block.body if isinstance(block, cst.IndentedBlock) else []
+    for stmt in statements:
+        code = to_ast(stmt)
+        if len(code) == 1 and is_method_stmt(code[0], name, method):
+            if isinstance(stmt, cst.SimpleStatementLine):
+                carried += [line for line in stmt.leading_lines if line.comment is not None]
+            continue
+        if carried and isinstance(stmt, (cst.SimpleStatementLine, cst.BaseCompoundStatement)):
+            stmt = stmt.with_changes(leading_lines=[*carried, *stmt.leading_lines])
+            carried = []
+        kept.append(stmt)
+    return kept, carried
+
+
+def raise_only(handlers: Sequence[cst.ExceptHandler]) -> bool:
+    """Whether every handler only re-raises (so all of them can go)."""
+
+    def bare_raise(handler: cst.ExceptHandler) -> bool:
+        code = statements_ast(
+            handler.body.body if isinstance(handler.body, cst.IndentedBlock) else []
+        )
+        return len(code) == 1 and isinstance(code[0], ast.Raise) and code[0].exc is None
+
+    return bool(handlers) and all(bare_raise(h) for h in handlers)
+
+
+def drop_final_commit(
+    statements: list[cst.BaseStatement], name: str, footer: Sequence[cst.EmptyLine]
+) -> tuple[list[cst.BaseStatement], list[cst.EmptyLine]]:
+    """Remove a ``name.commit()`` that is the block's last statement (the unit commits there)."""
+    footer = list(footer)
+    last = to_ast(statements[-1]) if statements else []
+    if len(last) == 1 and is_method_stmt(last[0], name, "commit"):
+        commit = statements[-1]
+        statements = statements[:-1]
+        if isinstance(commit, cst.SimpleStatementLine):
+            footer = [line for line in commit.leading_lines if line.comment] + footer
+    return statements, footer
+
+
+def with_keyword(target: cst.BaseExpression, keyword: str) -> cst.BaseExpression | None:
+    """``target`` with ``keyword=True`` added to its call, or None when it is not a call."""
+    if not isinstance(target, cst.Call):
+        return None
+    if any(arg.keyword is not None and arg.keyword.value == keyword for arg in target.args):
+        return target
+    args = list(target.args)
+    if args:
+        args[-1] = args[-1].with_changes(
+            comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" "))
+        )
+    flag = cst.Arg(
+        keyword=cst.Name(keyword),
+        value=cst.Name("True"),
+        equal=cst.AssignEqual(
+            whitespace_before=cst.SimpleWhitespace(""), whitespace_after=cst.SimpleWhitespace("")
+        ),
+    )
+    return target.with_changes(args=[*args, flag])

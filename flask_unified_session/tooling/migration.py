@@ -1,0 +1,229 @@
+"""``migrate`` over a project: a cheap pass over every file, then libcst where there are sites.
+
+The first pass reads every file once (bytes, a hash, and ``ast`` only when the text can hold a
+site or a unit of work) to learn the project-wide facts: whether the project uses Flask at
+all, and which helpers are called from inside other units of work (:mod:`.units`). The
+second pass runs the libcst codemod on the files that have sites. Both passes are cached by
+content hash (:mod:`.cache`), so a run over unchanged files parses nothing with libcst.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from flask_unified_session import __version__
+from flask_unified_session.tooling.cache import FORMAT, ResultCache, digest
+from flask_unified_session.tooling.codemod import FileContext, migrate_source, parse_error
+from flask_unified_session.tooling.config import Config
+from flask_unified_session.tooling.dependencies import declared_imports
+from flask_unified_session.tooling.outcome import FileOutcome, LeftSite
+from flask_unified_session.tooling.project import describe_unreadable, source_encoding
+from flask_unified_session.tooling.targets import mentions_flask
+from flask_unified_session.tooling.units import (
+    UNIT_CALLS,
+    FileUnits,
+    callers_index,
+    needs_independence,
+    scan_units,
+)
+
+
+@dataclass
+class _Source:
+    path: Path
+    display: str
+    data: bytes
+    text: str = ""
+    encoding: str = "utf-8"
+    units: FileUnits | None = None
+    error: str | None = None
+
+
+@dataclass
+class ProjectRun:
+    """Every file's outcome, in the order given."""
+
+    outcomes: list[FileOutcome] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _fingerprint(config: Config) -> str:
+    """The configuration values that change what migrate produces."""
+    return repr(
+        (
+            __version__,
+            config.manager_names,
+            config.accessors,
+            config.async_factories,
+            config.migrate_target,
+            config.service_target,
+            config.framework_target,
+            config.async_target,
+        )
+    )
+
+
+def _candidate_pattern(config: Config) -> re.Pattern[bytes]:
+    """Bytes that any site or unit of work must contain (files without them skip ``ast``)."""
+    names = {*config.accessors, *config.async_factories, *UNIT_CALLS}
+    return re.compile(b"|".join(re.escape(name.encode()) for name in sorted(names)))
+
+
+def read_source(path: Path, display: str) -> _Source:
+    """Read and decode one file in its PEP 263 encoding (``error`` set when it cannot be)."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return _Source(path, display, b"", error=describe_unreadable(path, exc))
+    source = _Source(path, display, data, encoding=source_encoding(data))
+    try:
+        source.text = data.decode(source.encoding)
+    except (UnicodeDecodeError, LookupError) as exc:
+        source.error = f"cannot decode as {source.encoding}: {exc}"
+    return source
+
+
+def _scan(source: _Source, config: Config, fingerprint: str, cache: ResultCache) -> None:
+    """Fill ``source.units`` (or ``source.error``) from the cache or a fresh ``ast`` pass."""
+    key = digest(FORMAT, "units", fingerprint, source.data)
+    entry = cache.get(key)
+    if isinstance(entry, dict):
+        try:
+            if "error" in entry:
+                source.error = str(entry["error"])
+            else:
+                source.units = FileUnits.from_json(entry)
+            return
+        except (ValueError, TypeError):
+            pass  # a damaged entry: compute it again
+    try:
+        tree = ast.parse(source.text, filename=source.display)
+    except (SyntaxError, ValueError):
+        source.error = parse_error(source.text, source.display)
+        cache.put(key, {"error": source.error})
+        return
+    source.units = scan_units(tree, config)
+    cache.put(key, source.units.to_json())
+
+
+def _map_lines(old: str, new: str, lines: Sequence[int]) -> list[int] | None:
+    """Where lines of ``old`` are in ``new`` (None when one of them was changed)."""
+    matcher = difflib.SequenceMatcher(None, old.splitlines(), new.splitlines(), autojunk=False)
+    mapped: list[int] = []
+    for line in lines:
+        for tag, a1, a2, b1, _b2 in matcher.get_opcodes():
+            if a1 <= line - 1 < a2:
+                if tag != "equal":
+                    return None
+                mapped.append(b1 + (line - 1 - a1) + 1)
+                break
+        else:
+            return None
+    return mapped
+
+
+def migrate_project(
+    files: Sequence[tuple[Path, str]],
+    root: Path,
+    config: Config,
+    write: bool,
+    cache: ResultCache | None = None,
+) -> ProjectRun:
+    """Migrate ``files`` (path, displayed name) of the project at ``root``."""
+    cache = cache or ResultCache(None)
+    fingerprint = _fingerprint(config)
+    candidates = _candidate_pattern(config)
+    sources = [read_source(path, display) for path, display in files]
+    has_flask = "flask" in declared_imports(root)
+    for source in sources:
+        if source.error is not None:
+            continue
+        has_flask = has_flask or mentions_flask(source.data)
+        if candidates.search(source.data):
+            _scan(source, config, fingerprint, cache)
+    callers = callers_index(s.units for s in sources if s.units is not None)
+    run = ProjectRun()
+    for source in sources:
+        run.outcomes.append(
+            _migrate_one(source, config, fingerprint, has_flask, callers, write, cache)
+        )
+    warning = cache.save()
+    if warning:
+        run.warnings.append(warning)
+    return run
+
+
+def _migrate_one(
+    source: _Source,
+    config: Config,
+    fingerprint: str,
+    has_flask: bool,
+    callers: dict[str, set[str]],
+    write: bool,
+    cache: ResultCache,
+) -> FileOutcome:
+    outcome = FileOutcome(source.display, source.text, source.text, encoding=source.encoding)
+    if source.error is not None:
+        outcome.error = source.error
+        return outcome
+    if source.units is None or not source.units.sites:
+        return outcome
+    independent = needs_independence(source.units, callers)
+    context = FileContext(has_flask, independent)
+    key = digest(
+        FORMAT, "outcome", fingerprint, source.data, str(has_flask), ",".join(sorted(independent))
+    )
+    entry = cache.get(key)
+    if isinstance(entry, list):
+        try:
+            outcome.left = [LeftSite(source.display, int(line), str(why)) for line, why in entry]
+            return outcome
+        except (TypeError, ValueError):
+            pass
+    outcome = migrate_source(source.text, source.display, config, context)
+    outcome.encoding = source.encoding
+    if outcome.error is not None:
+        return outcome
+    left = [[site.line, site.reason] for site in outcome.left]
+    if not outcome.changed:
+        cache.put(key, left)
+        return outcome
+    if write:
+        source.path.write_bytes(outcome.new.encode(source.encoding))
+        _remember_written(outcome, source, config, fingerprint, has_flask, callers, cache)
+    return outcome
+
+
+def _remember_written(
+    outcome: FileOutcome,
+    source: _Source,
+    config: Config,
+    fingerprint: str,
+    has_flask: bool,
+    callers: dict[str, set[str]],
+    cache: ResultCache,
+) -> None:
+    """Cache the written file as "nothing to do", so a second run does not parse it again.
+
+    Valid because the rewrite is idempotent (tested on every fixture): the written text has
+    no site left to rewrite, and the sites it leaves are the same, on lines that did not
+    change. When one of those lines moved inside a changed region, nothing is cached.
+    """
+    lines = _map_lines(outcome.original, outcome.new, [site.line for site in outcome.left])
+    if lines is None:
+        return
+    written = _Source(source.path, source.display, outcome.new.encode(source.encoding))
+    written.text, written.encoding = outcome.new, source.encoding
+    _scan(written, config, fingerprint, cache)  # the next run's first pass finds it cached
+    if written.units is None:
+        return
+    independent = needs_independence(written.units, callers)
+    key = digest(
+        FORMAT, "outcome", fingerprint, written.data, str(has_flask), ",".join(sorted(independent))
+    )
+    cache.put(key, [[line, site.reason] for line, site in zip(lines, outcome.left, strict=True)])
