@@ -47,7 +47,9 @@ def admin(pgbouncer_url: str, command: str) -> list[tuple[object, ...]]:
 
 @pytest.fixture
 def pgbouncer(pgbouncer_url: str) -> Iterator[str]:
-    """PgBouncer's URL; afterwards its server connections are renewed, leaving no names."""
+    """PgBouncer's URL, on fresh server connections: no names from an earlier test, none
+    left to the next one, and none from before a restart of the primary."""
+    admin(pgbouncer_url, "RECONNECT")
     yield pgbouncer_url
     admin(pgbouncer_url, "RECONNECT")
 
