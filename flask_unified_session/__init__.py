@@ -26,6 +26,7 @@ if TYPE_CHECKING:
         session_scope,
         set_default_factory,
     )
+    from .transactions import on_commit, run_in_transaction, transactional
 
 __version__ = "0.1.0"
 
@@ -46,6 +47,9 @@ _EXPORTS = {
     "set_default_factory": ".session_factory",
     "UnifiedSession": ".extension",
     "SessionServiceMixin": ".mixins",
+    "on_commit": ".transactions",
+    "run_in_transaction": ".transactions",
+    "transactional": ".transactions",
 }
 
 __all__ = [
@@ -62,8 +66,11 @@ __all__ = [
     "get_default_factory",
     "get_engine",
     "get_session_generator",
+    "on_commit",
+    "run_in_transaction",
     "session_scope",
     "set_default_factory",
+    "transactional",
 ]
 
 

@@ -465,10 +465,18 @@ class UnitOfWork:
             _run_hooks(transaction.levels[0].hooks)
 
 
+#: Capture lists (``flask_unified_session.testing.on_commit``): while one is pushed, hooks
+#: that would run are appended to the innermost one instead, for the test to run or drop.
+hook_captures: list[list[Hook]] = []
+
+
 def _run_hooks(hooks: list[Hook]) -> None:
     # After the commit, with the connection back in the pool, in registration order. The
     # data is committed whatever a hook does: a robust hook's failure is logged and the
     # others run; any other hook's failure stops the rest and reaches the caller.
+    if hook_captures:
+        hook_captures[-1].extend(hooks)
+        return
     for hook, robust in hooks:
         if not robust:
             hook()
