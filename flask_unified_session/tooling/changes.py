@@ -106,6 +106,26 @@ MUTATING_METHODS = frozenset(
         "populate_obj",
     }
 )
+#: Collection mutators: on an object of unknown origin they may change a loaded collection
+#: (``user.roles`` handed around); ``delete()`` or ``save()`` there is taken for another
+#: library's call (a chat message, a file), which a session commit does not concern.
+COLLECTION_MUTATORS = frozenset(
+    {
+        "append",
+        "extend",
+        "insert",
+        "remove",
+        "pop",
+        "popitem",
+        "update",
+        "add",
+        "discard",
+        "clear",
+        "setdefault",
+        "sort",
+        "reverse",
+    }
+)
 #: Calls with no database side effect, even when given an object loaded from the session.
 PURE_FUNCTIONS = frozenset(
     {
@@ -312,7 +332,12 @@ class ChangeFlow:
         root, methods = call_chain(call)
         func_name = dotted(call.func) or ""
         arguments = [*call.args, *(k.value for k in call.keywords)]
-        passes_db_value = any(self._is_db_value(arg) for arg in arguments)
+        passes_session = any(isinstance(a, ast.Name) and a.id == self.name for a in arguments)
+        # A loaded object handed to a call made for its effect may be changed by it; one
+        # whose result is used (`label = describe(user)`) is taken for a read.
+        passes_db_value = passes_session or (
+            statement and any(self._is_db_value(arg) for arg in arguments)
+        )
         if root == self.name:
             return self._session_chain_writes(call, methods)
         if root is not None and root in self.queries:
@@ -325,12 +350,14 @@ class ChangeFlow:
             # db.session.add(x): the app context's session, which the unit now commits
             return not (methods and methods[-1] in READ_METHODS | QUERY_READERS)
         if root is not None and root in self.plain:
+            if self.plain[root] == "container":
+                return False  # a local list or dict: holding a loaded object changes nothing
             return passes_db_value or (methods[-1:] == ["populate_obj"])
         if root is not None and root in self.derived:
             # a method of a loaded object may change it (set_password); as a value, only
             # the mutating ones are assumed to
             return statement or any(method in MUTATING_METHODS for method in methods)
-        if isinstance(call.func, ast.Attribute) and call.func.attr in MUTATING_METHODS:
+        if isinstance(call.func, ast.Attribute) and call.func.attr in COLLECTION_MUTATORS:
             return True
         # Any other call: it can only reach this session through what it is given.
         return passes_db_value
@@ -371,18 +398,49 @@ class ChangeFlow:
                 return True
         return self.expr_dirty(stmt)
 
+    def _loads_objects(self, value: ast.expr) -> bool:
+        """Whether ``value`` may hold objects of the session (not a value computed from one).
+
+        ``session.get(...)``, a query's rows, an attribute or item of a loaded object (it may
+        be a relationship) are; ``str(user.id)`` or ``decrypt(user.key)`` are not: a call
+        that is not given the session returns no object of it.
+        """
+        if isinstance(value, ast.Await):
+            return self._loads_objects(value.value)
+        if isinstance(value, ast.Name):
+            return value.id == self.name or value.id in self.derived or value.id in self.queries
+        if isinstance(value, (ast.Attribute, ast.Subscript)):
+            return self._loads_objects(value.value)
+        if isinstance(value, ast.Call):
+            root, _ = call_chain(value)
+            if root is not None and (
+                root == self.name or root in self.derived or root in self.queries
+            ):
+                return True
+            return any(
+                isinstance(arg, ast.Name) and arg.id == self.name
+                for arg in [*value.args, *(k.value for k in value.keywords)]
+            )
+        if isinstance(value, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
+            return any(self._loads_objects(g.iter) for g in value.generators)
+        if isinstance(value, (ast.List, ast.Tuple, ast.Set)):
+            return any(self._loads_objects(element) for element in value.elts)
+        if isinstance(value, (ast.BoolOp, ast.IfExp)):
+            parts = value.values if isinstance(value, ast.BoolOp) else [value.body, value.orelse]
+            return any(self._loads_objects(part) for part in parts)
+        return False
+
     def _bind(self, targets: Sequence[ast.expr], value: ast.expr | None) -> None:
         """Track what names now hold: a query, an object from the session, or neither."""
-        names = {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
-        uses = {n.id for n in ast.walk(value) if isinstance(n, ast.Name)} if value else set()
-        from_session = bool(uses & ({self.name} | self.derived))
+        names = {name for target in targets for name in bound_names(target)}
         is_query = value is not None and self._is_query_value(value)
+        loads = value is not None and self._loads_objects(value)
         for name in names:
             self.derived.discard(name)
             self.queries.discard(name)
             if is_query:
                 self.queries.add(name)
-            elif from_session or (uses & self.queries and name not in self.plain):
+            elif loads:
                 self.derived.add(name)
 
     def _is_query_value(self, value: ast.expr) -> bool:

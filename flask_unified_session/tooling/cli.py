@@ -75,6 +75,13 @@ def _parser() -> argparse.ArgumentParser:
         "--no-cache", action="store_true", help="neither read nor write the result cache"
     )
     migrate.add_argument(
+        "--jobs",
+        type=int,
+        default=os.cpu_count() or 1,
+        metavar="N",
+        help="files rewritten in parallel by N processes (default: the number of CPUs)",
+    )
+    migrate.add_argument(
         "--cache-dir",
         type=Path,
         metavar="DIR",
@@ -190,7 +197,12 @@ def _migrate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             config = replace(config, accessors=(*config.accessors, *args.accessor))
         cache_dir = None if args.no_cache else (args.cache_dir or root / DIRECTORY_NAME)
         run = migrate_project(
-            [(p, _display(p)) for p in paths], root, config, args.write, ResultCache(cache_dir)
+            [(p, _display(p)) for p in paths],
+            root,
+            config,
+            args.write,
+            ResultCache(cache_dir),
+            workers=max(1, args.jobs),
         )
         for warning in run.warnings:
             print(f"warning: {warning}", file=err)

@@ -19,6 +19,7 @@ from flask_unified_session.tooling.checker import dotted as _ast_dotted
 from flask_unified_session.tooling.checker import walk_scope
 from flask_unified_session.tooling.config import Config
 from flask_unified_session.tooling.cstutil import (
+    clear_memo,
     dotted_cst,
     drop_final_commit,
     expr_to_ast,
@@ -39,10 +40,13 @@ from flask_unified_session.tooling.targets import (
     module_facts,
 )
 from flask_unified_session.tooling.units import (
+    DefEntry,
     bare_accessors,
     callers_index,
+    def_entries,
     needs_independence,
     scan_units,
+    site_lines,
 )
 
 MIXIN = "SessionServiceMixin"
@@ -61,12 +65,21 @@ class FileContext:
 
 
 class SessionMigrator(ScopeTracker):
-    """Rewrite safe sites in place; record the others with their reason."""
+    """Rewrite safe sites in place; record the others with their reason.
 
-    METADATA_DEPENDENCIES = (PositionProvider,)
+    Lines of left sites come from ``lines`` (legacy and async sites in source order, from
+    :func:`site_lines`): the transformer numbers the sites as it first meets them, which is
+    source order. :class:`PositionedMigrator` reads positions from libcst instead.
+    """
 
     def __init__(
-        self, config: Config, display: str, context: FileContext, facts: ModuleFacts
+        self,
+        config: Config,
+        display: str,
+        context: FileContext,
+        facts: ModuleFacts,
+        lines: tuple[list[int], list[int]] = ([], []),
+        defs: Sequence[DefEntry] = (),
     ) -> None:
         super().__init__()
         self.config = config
@@ -79,6 +92,69 @@ class SessionMigrator(ScopeTracker):
         self.wanted: list[tuple[str, str]] = []
         self.targets: dict[str, int] = {}
         self._plain: dict[int, dict[str, str]] = {}
+        self.lines = lines
+        #: defs in visit order; those without a site are not entered (libcst's traversal is
+        #: the codemod's main cost), and the others' ast gives the plain locals
+        self.defs = list(defs)
+        self._next_def = 0
+        self._def_ast: dict[int, DefEntry] = {}
+        self._order: dict[int, tuple[int, int]] = {}  # id(node) -> (kind, index)
+        self._counts = [0, 0]
+
+    def _number(self, node: cst.CSTNode, kind: int) -> None:
+        self._order[id(node)] = (kind, self._counts[kind])
+        self._counts[kind] += 1
+
+    def numbering_matches(self) -> bool:
+        """Whether the sites met are exactly those of :func:`site_lines`."""
+        return self._counts == [len(self.lines[0]), len(self.lines[1])]
+
+    def _enter_def(self, node: cst.CSTNode) -> bool:
+        if not self.defs:
+            return True
+        if self._next_def >= len(self.defs):  # pragma: no cover - numbering disagrees
+            self.defs = []
+            return True
+        entry = self.defs[self._next_def]
+        self._def_ast[id(node)] = entry
+        if entry.has_site:
+            self._next_def += 1
+            return True
+        self._next_def += 1 + entry.descendants  # its nested defs are skipped with it
+        return False
+
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
+        super().visit_FunctionDef(node)
+        return self._enter_def(node)
+
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool:
+        super().visit_ClassDef(node)
+        return self._enter_def(node)
+
+    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> None:
+        if self._site_name(node) is not None:
+            self._number(node, 0)
+
+    def visit_With(self, node: cst.With) -> None:
+        super().visit_With(node)
+        if node.asynchronous is not None and self._async_site(node) is not None:
+            self._number(node, 1)
+
+    def _async_site(self, node: cst.With) -> str | None:
+        """The variable of ``async with <async factory>() as variable:``, else None."""
+        if len(node.items) != 1:
+            return None
+        item = node.items[0]
+        call = item.item
+        if (
+            not isinstance(call, cst.Call)
+            or call.args
+            or dotted_cst(call.func) not in self.config.async_factories
+            or item.asname is None
+            or not isinstance(item.asname.name, cst.Name)
+        ):
+            return None
+        return item.asname.name.value
 
     # -- scopes with rewriting work ----------------------------------------------------------
     def leave_ClassDef(
@@ -110,19 +186,11 @@ class SessionMigrator(ScopeTracker):
         self, original_node: cst.With, updated_node: cst.With
     ) -> cst.BaseStatement | cst.FlattenSentinel[cst.BaseStatement] | cst.RemovalSentinel:
         self.scopes.pop()
-        if original_node.asynchronous is None or len(updated_node.items) != 1:
+        if original_node.asynchronous is None:
             return updated_node
-        item = updated_node.items[0]
-        call = item.item
-        if (
-            not isinstance(call, cst.Call)
-            or call.args
-            or dotted_cst(call.func) not in self.config.async_factories
-            or item.asname is None
-            or not isinstance(item.asname.name, cst.Name)
-        ):
+        name = self._async_site(updated_node)
+        if name is None:
             return updated_node
-        name = item.asname.name.value
         result = rewrite_async_with(updated_node, name, self.config, self._plain_for_function())
         if isinstance(result, str):
             self.left.append(LeftSite(self.display, self._line(original_node), result))
@@ -176,10 +244,9 @@ class SessionMigrator(ScopeTracker):
         return target.value, manager
 
     def _line(self, node: cst.CSTNode) -> int:
-        try:
-            return self.get_metadata(PositionProvider, node).start.line
-        except KeyError:
-            return 0
+        kind, index = self._order.get(id(node), (0, -1))
+        found = self.lines[kind]
+        return found[index] if 0 <= index < len(found) else 0
 
     def _process(
         self, original: list[cst.BaseStatement], body: list[cst.BaseStatement]
@@ -211,8 +278,12 @@ class SessionMigrator(ScopeTracker):
             return {}
         key = id(function)
         if key not in self._plain:
-            parsed = to_ast(function)
-            node = parsed[0] if parsed else None
+            entry = self._def_ast.get(key)
+            if entry is not None and entry.node.name == function.name.value:
+                node: ast.AST | None = entry.node
+            else:
+                parsed = to_ast(function)
+                node = parsed[0] if parsed else None
             self._plain[key] = (
                 plain_locals(node)
                 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
@@ -460,6 +531,18 @@ class SessionMigrator(ScopeTracker):
         )
 
 
+class PositionedMigrator(SessionMigrator):
+    """The migrator reading lines from libcst's positions (when the numbering disagrees)."""
+
+    METADATA_DEPENDENCIES = (PositionProvider,)
+
+    def _line(self, node: cst.CSTNode) -> int:
+        try:
+            return self.get_metadata(PositionProvider, node).start.line
+        except KeyError:
+            return 0
+
+
 def parse_error(source: str, display: str) -> str:
     """The message of a file that does not parse, at the line Python itself reports."""
     try:
@@ -496,8 +579,19 @@ def migrate_source(
         # still keep their transaction boundaries.
         units = scan_units(tree, config)
         context = FileContext(True, needs_independence(units, callers_index([units])))
-    migrator = SessionMigrator(config, display, context, module_facts(tree))
-    new_module = MetadataWrapper(module).visit(migrator)
+    facts = module_facts(tree)
+    clear_memo()
+    try:
+        lines = site_lines(tree, config)
+        migrator: SessionMigrator = SessionMigrator(
+            config, display, context, facts, lines, def_entries(tree, lines)
+        )
+        new_module = module.visit(migrator)
+        if not migrator.numbering_matches():  # pragma: no cover - a safety net
+            migrator = PositionedMigrator(config, display, context, facts)
+            new_module = MetadataWrapper(module, unsafe_skip_copy=True).visit(migrator)
+    finally:
+        clear_memo()
     outcome.left = migrator.left
     outcome.rewritten = sum(migrator.targets.values())  # sync and async sites alike
     outcome.targets = migrator.targets

@@ -10,11 +10,24 @@ import libcst as cst
 from flask_unified_session.tooling.changes import is_method_stmt
 
 _EMPTY = cst.Module(body=[])
+#: id(node) -> (node, its ast): the analysis asks for the same statements many times; the
+#: node is kept so its id cannot be reused while the entry lives. Cleared per file.
+_MEMO: dict[int, tuple[cst.CSTNode, list[ast.stmt]]] = {}
+
+
+def clear_memo() -> None:
+    """Forget the converted statements (call before and after each file)."""
+    _MEMO.clear()
 
 
 def to_ast(node: cst.CSTNode) -> list[ast.stmt]:
     """Parse the source of a statement node back with :mod:`ast` (for the safety analysis)."""
-    return ast.parse(_EMPTY.code_for_node(node)).body
+    hit = _MEMO.get(id(node))
+    if hit is not None and hit[0] is node:
+        return hit[1]
+    parsed = ast.parse(_EMPTY.code_for_node(node)).body
+    _MEMO[id(node)] = (node, parsed)
+    return parsed
 
 
 def expr_to_ast(node: cst.BaseExpression) -> ast.expr:
@@ -57,6 +70,20 @@ def split_calls(
     statements = block.body if isinstance(block, cst.IndentedBlock) else []
     for stmt in statements:
         code = to_ast(stmt)
+        if len(code) > 1 and isinstance(stmt, cst.SimpleStatementLine):
+            # `session.rollback(); logger.error(...)`: drop the call, keep the rest of the line
+            smalls = [
+                small
+                for small, parsed in zip(stmt.body, code, strict=True)
+                if not is_method_stmt(parsed, name, method)
+            ]
+            if not smalls:
+                carried += [line for line in stmt.leading_lines if line.comment is not None]
+                continue
+            if len(smalls) < len(stmt.body):
+                smalls[-1] = smalls[-1].with_changes(semicolon=cst.MaybeSentinel.DEFAULT)
+                stmt = stmt.with_changes(body=smalls)
+                code = [c for c in code if not is_method_stmt(c, name, method)]
         if len(code) == 1 and is_method_stmt(code[0], name, method):
             if isinstance(stmt, cst.SimpleStatementLine):
                 carried += [line for line in stmt.leading_lines if line.comment is not None]

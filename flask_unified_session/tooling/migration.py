@@ -13,6 +13,7 @@ import ast
 import difflib
 import re
 from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,11 +53,23 @@ class ProjectRun:
     warnings: list[str] = field(default_factory=list)
 
 
+def _code_version() -> str:
+    """A hash of the tooling's own source: an edited or upgraded codemod misses the cache."""
+    folder = Path(__file__).parent
+    parts: list[bytes] = []
+    for path in sorted(folder.glob("*.py")):
+        try:
+            parts.append(path.read_bytes())
+        except OSError:
+            parts.append(path.name.encode())
+    return digest(__version__, *parts)
+
+
 def _fingerprint(config: Config) -> str:
-    """The configuration values that change what migrate produces."""
+    """The tool's version and the configuration values that change what migrate produces."""
     return repr(
         (
-            __version__,
+            _code_version(),
             config.manager_names,
             config.accessors,
             config.async_factories,
@@ -133,8 +146,12 @@ def migrate_project(
     config: Config,
     write: bool,
     cache: ResultCache | None = None,
+    workers: int = 1,
 ) -> ProjectRun:
-    """Migrate ``files`` (path, displayed name) of the project at ``root``."""
+    """Migrate ``files`` (path, displayed name) of the project at ``root``.
+
+    ``workers`` > 1 runs the codemod of different files in that many processes.
+    """
     cache = cache or ResultCache(None)
     fingerprint = _fingerprint(config)
     candidates = _candidate_pattern(config)
@@ -148,31 +165,65 @@ def migrate_project(
             _scan(source, config, fingerprint, cache)
     callers = callers_index(s.units for s in sources if s.units is not None)
     run = ProjectRun()
+    pending: list[tuple[int, _Source, FileContext, str]] = []
     for source in sources:
-        run.outcomes.append(
-            _migrate_one(source, config, fingerprint, has_flask, callers, write, cache)
-        )
+        outcome, work = _from_cache(source, fingerprint, has_flask, callers, cache)
+        if work is not None:
+            pending.append((len(run.outcomes), source, *work))
+        run.outcomes.append(outcome)
+    jobs = [(s.text, s.display, config, context) for _, s, context, _ in pending]
+    for (index, source, _context, key), outcome in zip(
+        pending, _run_codemod(jobs, workers), strict=True
+    ):
+        outcome.encoding = source.encoding
+        run.outcomes[index] = outcome
+        if outcome.error is not None:
+            continue
+        if not outcome.changed:
+            cache.put(key, [[site.line, site.reason] for site in outcome.left])
+        elif write:
+            source.path.write_bytes(outcome.new.encode(source.encoding))
+            _remember_written(outcome, source, config, fingerprint, has_flask, callers, cache)
     warning = cache.save()
     if warning:
         run.warnings.append(warning)
     return run
 
 
-def _migrate_one(
+def _migrate_job(job: tuple[str, str, Config, FileContext]) -> FileOutcome:
+    return migrate_source(*job)
+
+
+def _run_codemod(
+    jobs: list[tuple[str, str, Config, FileContext]], workers: int
+) -> list[FileOutcome]:
+    """Run the codemod on each job, in worker processes when there are several files."""
+    if workers <= 1 or len(jobs) < 2:
+        return [_migrate_job(job) for job in jobs]
+    # Biggest files first, so that no worker is left with a large file at the end.
+    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][0]))
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        results = list(pool.map(_migrate_job, [jobs[i] for i in order]))
+    outcomes: list[FileOutcome | None] = [None] * len(jobs)
+    for position, index in enumerate(order):
+        outcomes[index] = results[position]
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _from_cache(
     source: _Source,
-    config: Config,
     fingerprint: str,
     has_flask: bool,
     callers: dict[str, set[str]],
-    write: bool,
     cache: ResultCache,
-) -> FileOutcome:
+) -> tuple[FileOutcome, tuple[FileContext, str] | None]:
+    """The outcome known without libcst, or what the codemod needs (context, cache key)."""
     outcome = FileOutcome(source.display, source.text, source.text, encoding=source.encoding)
     if source.error is not None:
         outcome.error = source.error
-        return outcome
+        return outcome, None
     if source.units is None or not source.units.sites:
-        return outcome
+        return outcome, None
     independent = needs_independence(source.units, callers)
     context = FileContext(has_flask, independent)
     key = digest(
@@ -182,21 +233,10 @@ def _migrate_one(
     if isinstance(entry, list):
         try:
             outcome.left = [LeftSite(source.display, int(line), str(why)) for line, why in entry]
-            return outcome
+            return outcome, None
         except (TypeError, ValueError):
-            pass
-    outcome = migrate_source(source.text, source.display, config, context)
-    outcome.encoding = source.encoding
-    if outcome.error is not None:
-        return outcome
-    left = [[site.line, site.reason] for site in outcome.left]
-    if not outcome.changed:
-        cache.put(key, left)
-        return outcome
-    if write:
-        source.path.write_bytes(outcome.new.encode(source.encoding))
-        _remember_written(outcome, source, config, fingerprint, has_flask, callers, cache)
-    return outcome
+            pass  # a damaged entry: run the codemod
+    return outcome, (context, key)
 
 
 def _remember_written(

@@ -42,8 +42,9 @@ class ScopeTracker(cst.CSTTransformer):
                 return scope
         return None
 
-    def visit_FunctionDef(self, node: cst.FunctionDef) -> None:
+    def visit_FunctionDef(self, node: cst.FunctionDef) -> bool | None:
         self._push("def", node)
+        return None
 
     def leave_FunctionDef(
         self, original_node: cst.FunctionDef, updated_node: cst.FunctionDef
@@ -51,8 +52,9 @@ class ScopeTracker(cst.CSTTransformer):
         self.scopes.pop()
         return updated_node
 
-    def visit_ClassDef(self, node: cst.ClassDef) -> None:
+    def visit_ClassDef(self, node: cst.ClassDef) -> bool | None:
         self._push("class", node)
+        return None
 
     def visit_If(self, node: cst.If) -> None:
         self._push("if", node)

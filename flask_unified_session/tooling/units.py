@@ -176,3 +176,68 @@ def callers_index(files: Iterable[FileUnits]) -> dict[str, set[str]]:
 def needs_independence(units: FileUnits, callers: dict[str, set[str]]) -> frozenset[str]:
     """Functions of one file whose sites must get ``independent=True``."""
     return frozenset(name for name in units.boundary if callers.get(name, set()) - {name})
+
+
+def site_lines(tree: ast.Module, config: Config) -> tuple[list[int], list[int]]:
+    """Lines of the legacy sites and of the async-with sites, in source order.
+
+    A legacy site counts only alone on its line and not in a one-line suite, exactly as the
+    codemod sees it; the codemod numbers the sites it meets in the same order, so it needs
+    no position metadata (which costs libcst a full code generation).
+    """
+    legacy: list[int] = []
+    async_sites: list[int] = []
+    for node in ast.walk(tree):
+        for block in _statement_lists(node) + _case_lists(node):
+            header = getattr(node, "lineno", None)
+            if block and header is not None and block[0].lineno == header:
+                continue  # `if x: s = m.get_session()`: a one-line suite
+            for index, stmt in enumerate(block):
+                if _site_variable(stmt, config) is None:
+                    continue
+                alone = (index == 0 or block[index - 1].end_lineno != stmt.lineno) and (
+                    index + 1 == len(block) or block[index + 1].lineno != stmt.end_lineno
+                )
+                if alone:
+                    legacy.append(stmt.lineno)
+        if isinstance(node, ast.AsyncWith) and len(node.items) == 1:
+            call = node.items[0].context_expr
+            if (
+                isinstance(call, ast.Call)
+                and not call.args
+                and dotted(call.func) in config.async_factories
+                and isinstance(node.items[0].optional_vars, ast.Name)
+            ):
+                async_sites.append(node.lineno)
+    return sorted(legacy), sorted(async_sites)
+
+
+def _case_lists(node: ast.AST) -> list[list[ast.stmt]]:
+    return [case.body for case in getattr(node, "cases", [])]
+
+
+_Def = ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef
+
+
+@dataclass(frozen=True)
+class DefEntry:
+    """A def or class in source order: whether a site is inside, how many defs it holds."""
+
+    node: _Def
+    has_site: bool
+    descendants: int
+
+
+def def_entries(tree: ast.Module, lines: tuple[list[int], list[int]]) -> list[DefEntry]:
+    """Every def and class in source (pre-)order, the order libcst visits them in."""
+    every = sorted(
+        (n for n in ast.walk(tree) if isinstance(n, _Def)), key=lambda n: (n.lineno, n.col_offset)
+    )
+    sites = sorted(lines[0] + lines[1])
+    entries: list[DefEntry] = []
+    for node in every:
+        end = node.end_lineno or node.lineno
+        inside = sum(1 for other in ast.walk(node) if isinstance(other, _Def)) - 1
+        has_site = any(node.lineno <= line <= end for line in sites)
+        entries.append(DefEntry(node, has_site, inside))
+    return entries
