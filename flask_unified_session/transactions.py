@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
     from sqlalchemy.orm import SessionTransaction
 
+    from .asyncio import AsyncSessionFactory
     from .session_factory import SessionFactory
 
 __all__ = [
@@ -108,12 +109,13 @@ def _mysql_errno(error: BaseException) -> int | None:
 
 
 def _code(error: BaseException) -> str:
-    sqlstate = _sqlstate(error)
-    if sqlstate is not None:
-        return f"SQLSTATE {sqlstate}"
+    # MySQL drivers give an error number (PyMySQL also a SQLSTATE, 40001 for 1213).
     errno = _mysql_errno(error)
     if errno is not None:
         return f"error {errno}"
+    sqlstate = _sqlstate(error)
+    if sqlstate is not None:
+        return f"SQLSTATE {sqlstate}"
     return "no error code"
 
 
@@ -129,9 +131,11 @@ def retryable(error: BaseException, *, commit_sent: bool) -> bool:
         error = error.__cause__
     if not isinstance(error, exc.DBAPIError) or isinstance(error, exc.IntegrityError):
         return False
-    if _sqlstate(error) in RETRYABLE_SQLSTATES:
-        return True
-    if not _sqlstate(error) and _mysql_errno(error) in RETRYABLE_MYSQL_ERRORS:
+    errno = _mysql_errno(error)
+    if errno is not None:  # MySQL/MariaDB: judged by the error number alone
+        if errno in RETRYABLE_MYSQL_ERRORS:
+            return True
+    elif _sqlstate(error) in RETRYABLE_SQLSTATES:
         return True
     return bool(error.connection_invalidated) and not commit_sent
 
@@ -215,16 +219,20 @@ def _check_arguments(attempts: int, backoff: Backoff) -> None:
         raise ValueError(f"backoff must be two non-negative numbers, got {backoff!r}")
 
 
-def _log_retry(name: str, attempt: int, attempts: int, error: BaseException, delay: float) -> None:
+def _log_retry(
+    name: str, attempt: int, attempts: int, error: BaseException, at_commit: bool, delay: float
+) -> None:
     # The code and the class only: the message of a DBAPI error carries the statement's
     # parameters.
+    cause = error.__cause__ if isinstance(error, DoomedTransactionError) else None
     log.warning(
-        "%s: attempt %d of %d failed with %s (%s); retrying in %.3f s",
+        "%s: attempt %d of %d failed with %s (%s)%s; retrying in %.3f s",
         name,
         attempt,
         attempts,
-        _code(error),
+        _code(cause if cause is not None else error),
         type(error).__name__,
+        " at COMMIT" if at_commit else "",
         delay,
     )
 
@@ -268,7 +276,7 @@ def run_in_transaction(
             if attempt >= attempts or not retryable(error, commit_sent=watch.commit_sent):
                 raise
             delay = _delay(attempt, backoff)
-            _log_retry("run_in_transaction", attempt, attempts, error, delay)
+            _log_retry("run_in_transaction", attempt, attempts, error, watch.commit_sent, delay)
         finally:
             watch.stop()
         time.sleep(delay)
@@ -325,16 +333,18 @@ async def async_run_in_transaction(
     *args: Any,
     attempts: int = 3,
     backoff: Backoff = _DEFAULT_BACKOFF,
+    factory: AsyncSessionFactory | None = None,
     **kwargs: Any,
 ) -> T:
     """The async twin of :func:`run_in_transaction`: ``await fn(session, *args, **kwargs)``.
 
-    Each attempt is a fresh ``flask_unified_session.asyncio.async_session_scope()`` unit;
-    the same errors are retried, after the same jittered delays (``asyncio.sleep``).
+    Each attempt is a fresh unit of ``factory.async_session_scope()`` (default: the
+    default async factory's); the same errors are retried, after the same jittered
+    delays (``asyncio.sleep``). Also ``flask_unified_session.asyncio.run_in_transaction``.
     """
     import asyncio
 
-    from .asyncio import async_session_scope  # type: ignore[import-not-found,unused-ignore]
+    from .asyncio import async_session_scope
 
     _check_arguments(attempts, backoff)
     _refuse_inside_unit("async_run_in_transaction")
@@ -342,14 +352,17 @@ async def async_run_in_transaction(
     while True:
         watch = _Attempt()
         try:
-            async with async_session_scope() as session:
+            scope = async_session_scope() if factory is None else factory.async_session_scope()
+            async with scope as session:
                 watch.start(session.sync_session)
-                return await fn(session, *args, **kwargs)  # type: ignore[no-any-return,unused-ignore]
+                return await fn(session, *args, **kwargs)
         except Exception as error:
             if attempt >= attempts or not retryable(error, commit_sent=watch.commit_sent):
                 raise
             delay = _delay(attempt, backoff)
-            _log_retry("async_run_in_transaction", attempt, attempts, error, delay)
+            _log_retry(
+                "async_run_in_transaction", attempt, attempts, error, watch.commit_sent, delay
+            )
         finally:
             watch.stop()
         await asyncio.sleep(delay)
