@@ -13,7 +13,7 @@ ROOT_MARKERS = ("pyproject.toml", "setup.cfg", ".git")
 SECTION = "tool.flask-unified-session"
 
 DEFAULT_MANAGER_NAMES = ("db_manager", "self.db_manager", "database_manager")
-DEFAULT_SESSION_FACTORIES = ("SessionLocal", "get_session")
+DEFAULT_SESSION_FACTORIES = ("SessionLocal", "get_session", "create_session")
 DEFAULT_MIGRATE_TARGET = "current_app.unified_session_manager.get_db_session()"
 DEFAULT_SERVICE_TARGET = "self.db_session()"
 DEFAULT_FRAMEWORK_TARGET = "session_scope()"

@@ -101,9 +101,11 @@ def read_source(path: Path, display: str) -> _Source:
     return source
 
 
-def _scan(source: _Source, config: Config, fingerprint: str, cache: ResultCache) -> None:
+def _scan(
+    source: _Source, config: Config, fingerprint: str, cache: ResultCache, analyse: bool = True
+) -> None:
     """Fill ``source.units`` (or ``source.error``) from the cache or a fresh ``ast`` pass."""
-    key = digest(FORMAT, "units", fingerprint, source.data)
+    key = digest(FORMAT, "units", fingerprint, source.data, str(analyse))
     entry = cache.get(key)
     if isinstance(entry, dict):
         try:
@@ -120,7 +122,7 @@ def _scan(source: _Source, config: Config, fingerprint: str, cache: ResultCache)
         source.error = parse_error(source.text, source.display)
         cache.put(key, {"error": source.error})
         return
-    source.units = scan_units(tree, config)
+    source.units = scan_units(tree, config) if analyse else FileUnits()
     cache.put(key, source.units.to_json())
 
 
@@ -161,8 +163,9 @@ def migrate_project(
         if source.error is not None:
             continue
         has_flask = has_flask or mentions_flask(source.data)
-        if candidates.search(source.data):
-            _scan(source, config, fingerprint, cache)
+        # Every file is parsed once (a file that does not parse is reported); only those
+        # that can hold a site or a unit of work are analysed.
+        _scan(source, config, fingerprint, cache, bool(candidates.search(source.data)))
     callers = callers_index(s.units for s in sources if s.units is not None)
     run = ProjectRun()
     pending: list[tuple[int, _Source, FileContext, str]] = []

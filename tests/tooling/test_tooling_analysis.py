@@ -8,6 +8,7 @@ import textwrap
 import pytest
 
 from flask_unified_session.tooling.analysis import escape_reason, exit_problem
+from flask_unified_session.tooling.changes import plain_locals
 
 
 def body(code: str) -> list[ast.stmt]:
@@ -64,3 +65,44 @@ def test_blocks_that_would_commit_discarded_changes(code: str) -> None:
 def test_escape_reasons(code: str, reason: str | None) -> None:
     """A session leaving the block is named; passing it to a helper is fine."""
     assert escape_reason(body(code), "s") == reason
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "u = s.get(U, 1)\nflash('saved')\nreturn redirect(url_for('x'))\n",
+        "rows = []\nfor u in s.query(U):\n    rows.append(u)\nreturn rows\n",
+        "out = {}\nu = s.get(U, 1)\nout['name'] = u.name\nreturn out\n",
+        "form = F()\nform.name.data = s.get(U, 1).name\nreturn render(form)\n",
+        "s.execute(text('SELECT 1'))\nreturn True\n",
+        "q = s.query(U).filter(U.a)\nreturn paginate(q)\n",
+        "u = s.get(U, 1)\nlabel = describe(u)\nreturn label\n",
+        "u = s.get(U, 1)\nawait update.message.delete()\nreturn u.id\n",
+    ],
+)
+def test_local_work_is_not_a_change(code: str) -> None:
+    """What touches no database object leaves nothing for a unit of work to commit."""
+    tree = ast.parse("def f():\n" + textwrap.indent(code, "    "))
+    function = tree.body[0]
+    assert isinstance(function, ast.FunctionDef)
+    assert exit_problem(function.body, "s", plain_locals(function)) is None
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "s.query(U).filter(U.a).delete()\nreturn 1\n",
+        "s.query(U).filter(U.a).update({'a': 1})\nreturn 1\n",
+        "q = s.query(U)\nq.delete()\nreturn 1\n",
+        "s.execute(text('DELETE FROM u'))\nreturn 1\n",
+        "db.session.add(U())\nreturn 1\n",
+        "u = s.get(U, 1)\nsetattr(u, 'a', 1)\nreturn 1\n",
+        "u = s.get(U, 1)\nroles = u.roles\nroles.append(r)\nreturn 1\n",
+    ],
+)
+def test_database_work_is_a_change(code: str) -> None:
+    """Writes through the session, a query, the app's session or a loaded object count."""
+    tree = ast.parse("def f():\n" + textwrap.indent(code, "    "))
+    function = tree.body[0]
+    assert isinstance(function, ast.FunctionDef)
+    assert exit_problem(function.body, "s", plain_locals(function)) is not None

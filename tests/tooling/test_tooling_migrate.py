@@ -177,3 +177,120 @@ def test_diff_hunks_stay_small_in_repetitive_files() -> None:
         if line[:1] in "+-" and not line.startswith(("+++", "---"))
     ]
     assert len(changed) == 1 + 40 * 6  # the import, then 5 lines out and 1 in per site
+
+
+def test_each_site_gets_the_target_of_its_context() -> None:
+    """Views get the manager; scripts, threads, to_thread and FastAPI the framework-free one."""
+    view = read("targets_flask_view", "after")
+    assert "def archive(note_id):\n    with current_app.unified_session_manager" in view
+    assert "def rename_from_form(note_id):\n    with current_app.unified_session_manager" in view
+    assert "def count_notes():\n    # no request" in view
+    assert (
+        "    with session_scope() as session:\n        return session.query(Note).count()" in view
+    )
+    assert "app.run" in read("targets_app_runner", "after")
+    assert "current_app.unified_session_manager" in read("targets_app_runner", "after")
+    for name in ("targets_script", "targets_fastapi"):
+        after = read(name, "after")
+        assert "current_app.unified_session_manager" not in after, name
+        assert "from flask_unified_session import session_scope\n" in after, name
+    threads = read("targets_threads", "after")
+    assert "def build_report(report_id):\n    with session_scope()" in threads
+    assert "def export_report(report_id):\n    with session_scope()" in threads
+    assert "def show(report_id):\n    with current_app.unified_session_manager" in threads
+
+
+def test_summary_names_the_targets_and_why() -> None:
+    """The outcome lists every target chosen with the reason, for the summary."""
+    outcome = migrate_source(read("targets_threads", "before"), "t.py", CONFIG)
+    assert outcome.targets == {
+        "session_scope() (runs in a thread, an executor or a task)": 2,
+        "current_app.unified_session_manager.get_db_session() (a Flask view)": 1,
+    }
+
+
+def test_helpers_called_inside_units_keep_their_boundaries() -> None:
+    """Mid-block commit and swallowed exceptions: independent=True; plain helpers join."""
+    after = read("crosssite", "after")
+    assert "def save_with_audit(self, note):\n        # commits" in after
+    assert after.count("self.db_session(independent=True)") == 2
+    assert "def rename(self, note_id, title):\n        # commits once, at the end: joining" in after
+    assert (
+        "    def purge_old(self):\n        # commits mid-block, but nothing else calls it" in after
+    )
+    assert after.count("with self.db_session() as session:") == 2
+
+
+def test_local_work_is_not_a_database_change() -> None:
+    """flash, local list/dict, form fields, SELECT and a Query given to a helper: rewritten."""
+    outcome = migrate_source(read("changes_local_work", "before"), "c.py", CONFIG)
+    assert outcome.left == []
+    assert outcome.rewritten == 5
+
+
+def test_database_work_before_a_return_is_left_with_its_reason() -> None:
+    """Loaded objects changed, query(...).delete(), db.session.add, a helper given an object."""
+    outcome = migrate_source(read("changes_db_work", "before"), "c.py", CONFIG)
+    assert outcome.new == outcome.original
+    assert [(s.line, s.reason) for s in outcome.left] == [
+        (8, LOST_CHANGES),
+        (23, LOST_CHANGES),
+        (36, LOST_CHANGES),
+        (46, LOST_CHANGES),
+        (59, "no try/finally closes the session right after it is obtained"),
+        (73, "ownership is conditional (the if tests the session variable)"),
+    ]
+
+
+def test_object_base_is_replaced_by_the_mixin() -> None:
+    """class Repo(object) becomes class Repo(SessionServiceMixin), never (object, Mixin)."""
+    after = read("mro_object", "after")
+    assert "class Repo(SessionServiceMixin):" in after
+    assert "class Mirror(SessionServiceMixin, metaclass=type):" in after
+    assert "class Plain(SessionServiceMixin):" in after
+    assert "object, SessionServiceMixin" not in after
+
+
+def test_generator_yielding_in_the_block_is_left() -> None:
+    """A yield inside the block would keep the unit open across it: left, with the reason."""
+    outcome = migrate_source(read("generator_yield", "before"), "g.py", CONFIG)
+    assert [(s.line, s.reason) for s in outcome.left] == [
+        (
+            6,
+            "the block yields: a unit of work would stay open while the consumer runs "
+            "(rewrite it by hand)",
+        )
+    ]
+    assert outcome.rewritten == 1
+
+
+def test_async_with_factory_becomes_async_session_scope() -> None:
+    """async with AsyncSessionLocal() + manual commit/rollback -> async_session_scope()."""
+    outcome = migrate_source(read("async_with", "before"), "a.py", CONFIG)
+    assert outcome.rewritten == 4
+    assert [s.line for s in outcome.left] == [46]
+    after = read("async_with", "after")
+    assert "from flask_unified_session.asyncio import async_session_scope\n" in after
+    assert "await session.commit()" not in after
+    assert "await session.rollback()" not in after
+    assert "    except Exception as exc:\n        log_failure(order_id, exc)\n" in after
+
+
+def test_accessor_configuration_reaches_the_codemod() -> None:
+    """accessors = [..., "get_main_session"] makes db_manager.get_main_session() a site."""
+    source = read("try_finally", "before").replace("get_session()", "get_main_session()")
+    assert migrate_source(source, "t.py", CONFIG).rewritten == 0
+    config = Config(accessors=("get_session", "get_main_session"))
+    assert migrate_source(source, "t.py", config).rewritten == 1
+
+
+def test_rollback_sharing_a_line_is_dropped_alone() -> None:
+    """`session.rollback(); logger.error(...)` keeps the logging call."""
+    source = (
+        "def f(db_manager):\n    session = db_manager.get_session()\n    try:\n"
+        "        session.add(X())\n        session.commit()\n    except Exception as e:\n"
+        "        session.rollback(); logger.error(e)\n    finally:\n        session.close()\n"
+    )
+    new = migrate_source(source, "r.py", CONFIG).new
+    assert "    except Exception as e:\n        logger.error(e)\n" in new
+    assert "rollback" not in new
