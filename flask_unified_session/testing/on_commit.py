@@ -13,9 +13,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from importlib.util import find_spec
 from typing import overload
-
-import pytest
 
 from ..unit_of_work import Hook, hook_captures
 
@@ -98,11 +97,14 @@ def capture_on_commit(*, execute: bool = False) -> Iterator[CapturedHooks]:
         captured.run()
 
 
-@pytest.fixture
-def captured_on_commit() -> Iterator[CapturedHooks]:
-    """The test's ``on_commit`` hooks, held: inspect them, or ``.run()`` them.
+if find_spec("pytest") is not None:  # capture_on_commit() also serves unittest without it
+    import pytest
 
-    Hooks left pending when the test ends are dropped.
-    """
-    with capture_on_commit() as captured:
-        yield captured
+    @pytest.fixture
+    def captured_on_commit() -> Iterator[CapturedHooks]:
+        """The test's ``on_commit`` hooks, held: inspect them, or ``.run()`` them.
+
+        Hooks left pending when the test ends are dropped.
+        """
+        with capture_on_commit() as captured:
+            yield captured
