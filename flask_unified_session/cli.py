@@ -10,7 +10,7 @@ from flask.cli import AppGroup
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from .config import display_url, redact_url
+from .config import Settings, display_url, redact_url
 from .engines import duplicate_groups, known_engines
 from .state import get_state
 
@@ -27,7 +27,13 @@ def doctor() -> None:
     for bind_key, engine in state.engines.items():
         name = "default" if bind_key is None else f"bind {bind_key!r}"
         click.echo(f"{name}: {display_url(engine.url)}")
-        click.echo(f"  pool: {_describe_pool(engine)}")
+        own = state.factory.owns_engine and engine is state.factory.engine
+        settings = state.factory.settings if own else None
+        click.echo(f"  pool: {_describe_pool(engine, settings)}")
+        if not own:
+            click.echo(
+                "  (options from SQLALCHEMY_ENGINE_OPTIONS: the engine is Flask-SQLAlchemy's)"
+            )
         started = time.perf_counter()
         try:
             with engine.connect() as connection:
@@ -37,6 +43,12 @@ def doctor() -> None:
             click.echo(f"  connection: FAILED: {redact_url(exc)}")
         else:
             click.echo(f"  connection: ok ({(time.perf_counter() - started) * 1000:.1f} ms)")
+    replicas = getattr(state.factory, "replicas", None)
+    if replicas is not None:  # each replica checked now, with its lag
+        lines, down = replicas.describe()
+        problems += down
+        for line in lines:
+            click.echo(line)
     click.echo("engines in this process:")
     for record in known_engines():
         origin = "created" if record.owned else "adopted"
@@ -52,7 +64,7 @@ def doctor() -> None:
         raise SystemExit(1)
 
 
-def _describe_pool(engine: Engine) -> str:
+def _describe_pool(engine: Engine, settings: Settings | None) -> str:
     pool = engine.pool
     parts = [type(pool).__name__]
     for attribute, label in (
@@ -65,6 +77,11 @@ def _describe_pool(engine: Engine) -> str:
             value = value()
         if value is not None:
             parts.append(f"{label}={value}")
-    parts.append(f"pre_ping={pool._pre_ping}")
+    if settings is None:
+        parts.append(f"pre_ping={'every checkout' if pool._pre_ping else 'off'}")
+    elif settings.pool_pre_ping:
+        parts.append(f"pre_ping=after {settings.pool_pre_ping_idle:g} s idle")
+    else:
+        parts.append("pre_ping=off")
     parts.append(f"recycle={pool._recycle}")
     return " ".join(parts)

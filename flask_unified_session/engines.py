@@ -22,7 +22,6 @@ from typing import Any
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine
-from sqlalchemy.pool import Pool
 
 from .config import ConfigurationError, Settings, display_url, is_sqlite_memory
 from .connections import prepare_engine
@@ -87,7 +86,12 @@ def engine_for(settings: Settings) -> tuple[Engine, bool]:
     owned, and disposed once nothing holds it. Creating an engine does not connect.
     """
     options = settings.engine_options()
-    key = (settings.url.render_as_string(hide_password=False), repr(sorted(options.items())))
+    # The pre-ping is installed by prepare_engine, not passed as an option: part of the key.
+    pre_ping = (settings.pool_pre_ping, settings.pool_pre_ping_idle)
+    key = (
+        settings.url.render_as_string(hide_password=False),
+        repr((sorted(options.items()), pre_ping)),
+    )
     with _lock:
         ref = _by_key.get(key)
         engine = ref() if ref is not None else None
@@ -201,7 +205,9 @@ def _adopted_for(url: URL) -> Engine | None:
             not record.owned
             and record.database == database
             and engine.url.drivername == url.drivername
-            and dict(engine.url.query) == dict(url.query)
+            # what the URL asks for, the adopted engine has (Flask-SQLAlchemy adds
+            # charset=utf8mb4 to MySQL URLs, for example)
+            and all(engine.url.query.get(k) == v for k, v in url.query.items())
         ):
             return engine
     return None
@@ -259,20 +265,31 @@ def _forget_id(engine_id: int) -> None:
 
 def _dispose_when_unreferenced(engine: Engine) -> None:
     # The library's own engine closes its pooled connections (and SQLite files) as soon as
-    # nothing holds it. The finalizer must not reference the engine: it keeps the current
-    # pool in a box that engine.dispose() (which replaces the pool) updates.
-    box = [engine.pool]
+    # nothing holds it. The finalizer may reference neither the engine nor its pool (the
+    # pool's listeners reference the engine, and a finalizer's arguments are held for
+    # ever): it keeps the raw DBAPI connections the pool has open, which reference neither.
+    open_connections: set[Any] = set()
 
-    def remember_pool(disposed: Engine) -> None:
-        box[0] = disposed.pool
+    @event.listens_for(engine, "connect")
+    def _opened(dbapi_connection: Any, _record: Any) -> None:
+        open_connections.add(dbapi_connection)
 
-    event.listen(engine, "engine_disposed", remember_pool)
-    weakref.finalize(engine, _dispose_pool, box)
+    @event.listens_for(engine, "close")
+    def _closed(dbapi_connection: Any, _record: Any) -> None:
+        open_connections.discard(dbapi_connection)
+
+    @event.listens_for(engine, "close_detached")
+    def _closed_detached(dbapi_connection: Any) -> None:
+        open_connections.discard(dbapi_connection)
+
+    engine._fus_open_connections = open_connections  # type: ignore[attr-defined]
+    weakref.finalize(engine, _close_all, open_connections)
 
 
-def _dispose_pool(box: list[Pool]) -> None:
-    with contextlib.suppress(Exception):  # a finalizer must not raise
-        box[0].dispose()
+def _close_all(open_connections: set[Any]) -> None:
+    while open_connections:
+        with contextlib.suppress(Exception):  # a finalizer must not raise
+            open_connections.pop().close()
 
 
 def _fix_pysqlite_savepoints(engine: Engine) -> None:
@@ -295,6 +312,8 @@ def _after_fork_in_child() -> None:
     _lock = threading.RLock()
     for record in known_engines():
         record.engine.dispose(close=False)
+        # Those are the parent's connections: the child's finalizer must not close them.
+        getattr(record.engine, "_fus_open_connections", set()).clear()
 
 
 if hasattr(os, "register_at_fork"):

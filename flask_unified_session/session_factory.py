@@ -8,6 +8,7 @@ commit-on-success, rollback-on-error, always-close, and of the nesting rule.
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import threading
 import warnings
@@ -20,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings, display_url, parse_url
 from .engines import engine_for, register_engine
+from .replicas import ReplicaSet, primary_unit, readonly_unit
 from .unit_of_work import DoomedTransactionError, UnitOfWork, _quietly
 
 __all__ = [
@@ -121,6 +123,10 @@ class SessionFactory:
         #: set by the Flask layer: the app context's session (or None outside one), which
         #: an outermost unit of work uses instead of opening a session of its own
         self.context_session: Callable[[], Session | None] | None = None
+        #: the read replicas (``settings.replica_urls``) for ``readonly=True`` units, or None
+        self.replicas: ReplicaSet | None = ReplicaSet.from_settings(settings, engine)
+        if self.replicas is not None:
+            self.replicas.watch(self.sessionmaker)
 
     @classmethod
     def from_env(
@@ -149,8 +155,18 @@ class SessionFactory:
         session._leak_guard = guard  # type: ignore[attr-defined]
         return session
 
-    def session_scope(self, nested: bool = False, independent: bool = False) -> UnitOfWork:
-        """A unit of work: commit on success, roll back on error, always close."""
+    def session_scope(
+        self, nested: bool = False, independent: bool = False, readonly: bool = False
+    ) -> UnitOfWork:
+        """A unit of work: commit on success, roll back on error, always close.
+
+        ``readonly=True``: its own session on a replica (or the primary) in a read-only
+        transaction; see :mod:`flask_unified_session.replicas`.
+        """
+        if readonly:
+            return readonly_unit(self, nested=nested, independent=independent)
+        if self.replicas is not None:
+            return primary_unit(self, self.replicas, nested=nested, independent=independent)
         return UnitOfWork(
             self,
             self.sessionmaker,
@@ -188,12 +204,24 @@ class SessionFactory:
         """Close the pooled connections of an owned engine (it reconnects on next use)."""
         if self.owns_engine:
             self.engine.dispose()
+        if self.replicas is not None:
+            self.replicas.dispose()
 
 
 # -- the default factory and the module-level functions ---------------------------------
 
 _default: SessionFactory | None = None
 _default_lock = threading.Lock()
+
+
+def _fresh_lock_in_child() -> None:
+    # A thread that held the lock at fork does not exist in the child.
+    global _default_lock
+    _default_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock_in_child)
 # Consulted in order by the module-level functions: the Flask layer adds one that returns
 # the current app's factory, so a script and a route share one pool.
 _current_factory_hooks: list[Callable[[], SessionFactory | None]] = []
@@ -235,9 +263,13 @@ def create_session() -> Session:
     return current_factory().create_session()
 
 
-def session_scope(nested: bool = False, independent: bool = False) -> UnitOfWork:
+def session_scope(
+    nested: bool = False, independent: bool = False, readonly: bool = False
+) -> UnitOfWork:
     """A unit of work on the current factory: commit, or roll back, then close."""
-    return current_factory().session_scope(nested=nested, independent=independent)
+    return current_factory().session_scope(
+        nested=nested, independent=independent, readonly=readonly
+    )
 
 
 def get_session_generator() -> Iterator[Session]:

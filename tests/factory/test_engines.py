@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 
@@ -40,7 +43,7 @@ def test_different_options_warn_naming_both_sites(tmp_path: Path) -> None:
 def test_duplicate_reported_once_per_pair(tmp_path: Path) -> None:
     """The same pair is reported once, not on every later factory."""
     url = f"sqlite:///{tmp_path}/a.db"
-    SessionFactory(url)
+    first = SessionFactory(url)  # held: an engine nobody holds is gone, not a duplicate
     with pytest.warns(DuplicateEngineWarning):
         other = SessionFactory(
             settings=Settings.from_mapping({"DATABASE_URL": url, "DB_POOL_SIZE": "2"})
@@ -48,16 +51,18 @@ def test_duplicate_reported_once_per_pair(tmp_path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         SessionFactory(engine=other.engine)  # adopting a known engine again: no warning
+    assert first.engine is not other.engine
 
 
 def test_adopted_engine_duplicate_is_reported(tmp_path: Path) -> None:
     """An engine made elsewhere and adopted is compared with the ones the library made."""
     url = f"sqlite:///{tmp_path}/a.db"
-    SessionFactory(url)
+    first = SessionFactory(url)
     foreign = sa.create_engine(url)
     try:
         with pytest.warns(DuplicateEngineWarning, match="same database"):
             SessionFactory(engine=foreign)
+        assert first.engine is not foreign
     finally:
         foreign.dispose()
 
@@ -211,3 +216,68 @@ def test_package_import_is_lazy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_an_engine_nobody_holds_is_gone_and_no_duplicate(tmp_path: Path) -> None:
+    """The registry keeps no engine alive: a dropped factory's engine is disposed, forgotten."""
+    import gc
+
+    url = f"sqlite:///{tmp_path}/a.db"
+    dropped = SessionFactory(url)
+    with dropped.session_scope() as session:
+        session.execute(sa.text("SELECT 1"))
+    del dropped, session
+    gc.collect()
+    assert known_engines() == []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kept = SessionFactory(settings=Settings.from_mapping({"DATABASE_URL": url, "DB_ECHO": "1"}))
+    assert [r.engine for r in known_engines()] == [kept.engine]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+def test_fork_while_a_thread_hammers_the_registry_never_hangs(tmp_path: Path) -> None:
+    """20 forks while another thread creates and drops engines: every child exits at once.
+
+    One factory is made first: a fork during another thread's first import of a module
+    can hang on CPython's per-module import lock, which is no lock of ours.
+    """
+    SessionFactory(f"sqlite:///{tmp_path}/warm.db")
+    stop = threading.Event()
+
+    def hammer() -> None:
+        i = 0
+        while not stop.is_set():
+            i += 1
+            SessionFactory(f"sqlite:///{tmp_path}/h{i % 50}.db")
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    hung = 0
+    try:
+        for _ in range(20):
+            time.sleep(0.01)
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - the child
+                code = 1
+                try:
+                    SessionFactory(f"sqlite:///{tmp_path}/child.db")
+                    code = 0
+                finally:
+                    os._exit(code)
+            deadline = time.monotonic() + 5
+            while True:
+                done, status = os.waitpid(pid, os.WNOHANG)
+                if done:
+                    assert os.waitstatus_to_exitcode(status) == 0
+                    break
+                if time.monotonic() > deadline:
+                    hung += 1
+                    os.kill(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    break
+                time.sleep(0.005)
+    finally:
+        stop.set()
+        thread.join()
+    assert hung == 0

@@ -46,12 +46,17 @@ def test_unit_after_pg_terminate_backend_succeeds_on_a_new_connection(
 
 @pytest.mark.postgresql
 def test_owned_engine_pre_pings_by_default(pg_url: str, pg_admin: PgAdmin) -> None:
-    """The factory's own engine (default settings) survives killed connections too."""
+    """The factory's own engine (default settings) survives connections killed while idle.
+
+    The default pre-ping pings a connection idle for longer than ``pool_pre_ping_idle``
+    (1 s): a busy pool pays nothing, a connection killed in a quiet period is replaced.
+    """
     name = app_name("preping_default")
     url = sa.make_url(pg_url).update_query_dict({"application_name": name})
     factory = SessionFactory(settings=Settings(url=url, source="test"))
     first = backend_pid(factory, "SELECT pg_backend_pid()")
     assert pg_admin.terminate(name) == 1
+    time.sleep(factory.settings.pool_pre_ping_idle + 0.2)
     assert backend_pid(factory, "SELECT pg_backend_pid()") != first
     assert factory.engine.pool.checkedout() == 0
 
