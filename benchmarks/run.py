@@ -17,7 +17,7 @@ from typing import Any
 
 from flask_unified_session import DuplicateEngineWarning, dispose_engines, set_default_factory
 
-from . import load, startup, units
+from . import async_units, load, startup, units
 from .common import create_schema, drop_schema, machine, postgresql_url, reachable, table, verdict
 
 FLOOR = "sqlalchemy (floor)"
@@ -56,8 +56,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer operations and rounds")
     parser.add_argument(
         "--only",
-        default="units,routes,load,import,memory",
-        help="comma-separated sections: units (W1, W2), routes (W3), load (W4), import, memory",
+        default="units,routes,async,load,import,memory",
+        help="comma-separated sections: units (W1, W2), routes (W3), async (async W1, W2, "
+        "FastAPI W5), load (W4), import, memory",
     )
     parser.add_argument("--backends", default="sqlite,postgresql")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
@@ -134,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                         drop_schema(db.engine)
                         db.engine.dispose()
                     dispose_engines()
+        if "async" in sections:
+            targets += async_units.run(backends, size)
         if "load" in sections:
             if "postgresql" in backends:
                 targets += _load(backends["postgresql"], size, report)
