@@ -38,7 +38,9 @@ class UnitOfWorkManager:
     def __init__(self, factory: SessionFactory) -> None:
         self.factory = factory
 
-    def get_db_session(self, nested: bool = False, independent: bool = False) -> UnitOfWork:
+    def get_db_session(
+        self, nested: bool = False, independent: bool = False, readonly: bool = False
+    ) -> UnitOfWork:
         """A unit of work that records who acted in ``session.info``.
 
         Commits when the outermost block ends normally, rolls back and re-raises on any
@@ -46,9 +48,12 @@ class UnitOfWorkManager:
         open (objects stay attached) until teardown; elsewhere it opens a session and
         closes it. Inside another unit of work of this app it joins that one;
         ``nested=True`` makes it a SAVEPOINT, ``independent=True`` gives it its own
-        session and transaction.
+        session and transaction. ``readonly=True`` runs the block on a read replica in a
+        read-only transaction, with a session of its own (closed at its end), unless a
+        unit of this app is open: then it joins that one (see
+        :mod:`flask_unified_session.replicas`).
         """
-        return self.factory.session_scope(nested=nested, independent=independent)
+        return self.factory.session_scope(nested=nested, independent=independent, readonly=readonly)
 
 
 class RequestSessionManager:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+
 from flask import current_app, has_app_context
 
+from .replicas import read_only_session
 from .session_factory import SessionFactory, get_default_factory
 from .unit_of_work import UnitOfWork
 
@@ -23,19 +26,32 @@ class SessionServiceMixin:
     error, always close, the same nesting rule.
     """
 
-    def db_session(self, nested: bool = False, independent: bool = False) -> UnitOfWork:
-        """A unit of work for this service's current surroundings."""
+    def db_session(
+        self, nested: bool = False, independent: bool = False, readonly: bool = False
+    ) -> UnitOfWork:
+        """A unit of work for this service's current surroundings.
+
+        ``readonly=True``: on a read replica, in a read-only transaction (a legacy manager
+        has no replicas: its session, in a read-only transaction).
+        """
         if has_app_context():
             manager = getattr(current_app, "unified_session_manager", None)
             if manager is not None:
-                scope: UnitOfWork = manager.get_db_session(nested=nested, independent=independent)
+                scope: UnitOfWork = manager.get_db_session(
+                    nested=nested, independent=independent, readonly=readonly
+                )
                 return scope
         db_manager = getattr(self, "db_manager", None)
         if db_manager is None:
-            return get_default_factory().session_scope(nested=nested, independent=independent)
+            return get_default_factory().session_scope(
+                nested=nested, independent=independent, readonly=readonly
+            )
         if isinstance(db_manager, SessionFactory):
-            return db_manager.session_scope(nested=nested, independent=independent)
+            return db_manager.session_scope(
+                nested=nested, independent=independent, readonly=readonly
+            )
         # A legacy manager: its get_session() opens, the protocol commits, rolls back, closes.
-        return UnitOfWork(
-            db_manager, db_manager.get_session, nested=nested, independent=independent
-        )
+        open_session = db_manager.get_session
+        if readonly:
+            open_session = functools.partial(read_only_session, db_manager.get_session)
+        return UnitOfWork(db_manager, open_session, nested=nested, independent=independent)
