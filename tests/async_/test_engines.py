@@ -90,6 +90,6 @@ def test_two_successive_asyncio_runs(db_url: str, observer: Observer) -> None:
     assert observer.names() == ["first", "second"]
 
 
-def test_engine_outside_a_loop_is_a_clear_error(db_url: str) -> None:
+def test_engine_outside_a_loop_is_a_clear_error() -> None:
     with pytest.raises(RuntimeError, match="running event loop"):
-        _ = AsyncSessionFactory(db_url).engine
+        _ = AsyncSessionFactory("sqlite:///never-created.db").engine
