@@ -29,8 +29,17 @@ class Boom(Exception):
     pass
 
 
+APPLICATION = f"fus_nesting_{os.getpid()}"
+
+
 @pytest.fixture
 def factory(db_url: str, observer: Observer) -> SessionFactory:
+    if db_url.startswith("postgresql"):  # named, so the server's view can be filtered
+        return SessionFactory(
+            sa.make_url(db_url)
+            .update_query_dict({"application_name": APPLICATION})
+            .render_as_string(hide_password=False)
+        )
     return SessionFactory(db_url)
 
 
@@ -53,7 +62,8 @@ def idle_in_transaction(observer: Observer, db_url: str) -> int:
     return int(
         observer.scalar(
             "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' "
-            "AND pid <> pg_backend_pid()"
+            "AND application_name = :name",
+            name=APPLICATION,
         )  # type: ignore[arg-type]
     )
 
