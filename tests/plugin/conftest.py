@@ -1,123 +1,126 @@
-"""Runs inner pytest sessions in a subprocess, as a project that installed us would.
+"""Runs the inner project (tests/plugin/project) in a pytest subprocess, once per backend.
 
 The plugin is loaded there through its ``pytest11`` entry point, exactly as in a user's
-test run; the inner tests reach the outer test's database and table through
-``FUS_TEST_URL`` and ``FUS_TEST_TABLE``, so the outer test can look from outside once the
-inner session has ended.
+test run. Every scenario of issue 12 is a test of that one project, so that a backend
+costs one interpreter start; the outer tests read the outcome of each inner test and
+what the inner run left in the database, seen from a connection of their own.
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
-import textwrap
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
-
-import pytest
-
-from tests.conftest import User
-
-# Shared by every inner session: the same table as the outer ``User``, and an observer.
-INNER_CONFTEST = '''
-import os
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
-URL = os.environ["FUS_TEST_URL"]
+from tests.conftest import BACKENDS, server_url
 
+collect_ignore = ["project"]
 
-class Base(DeclarativeBase):
-    pass
-
-
-class User(Base):
-    __tablename__ = os.environ["FUS_TEST_TABLE"]
-
-    id: Mapped[int] = mapped_column(primary_key=True)
-    name: Mapped[str] = mapped_column(sa.String(80), unique=True)
-    note: Mapped[str] = mapped_column(sa.String(200), default="")
-
-
-@pytest.fixture
-def committed():
-    """Names that are committed, seen from a connection of its own."""
-    engine = sa.create_engine(URL, poolclass=NullPool)
-
-    def names():
-        with engine.connect() as connection:
-            return sorted(connection.scalars(sa.select(User.name)))
-
-    yield names
-    engine.dispose()
-'''
-
-INNER_INI = """
-[pytest]
-addopts = -p no:cacheprovider
-filterwarnings = error
-"""
+PROJECT = Path(__file__).parent / "project"
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "testing.md"
 
 
 @dataclass
 class InnerRun:
-    """The outcome of an inner pytest session."""
+    """The outcome of the inner pytest session, and what it left behind."""
 
+    backend: str
     returncode: int
     output: str
     outcomes: dict[str, str] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)
+    rows_left: dict[str, int] = field(default_factory=dict)
+    tables_left: list[str] = field(default_factory=list)
 
-    def count(self, outcome: str) -> int:
-        return sum(1 for value in self.outcomes.values() if value == outcome)
+    def outcome(self, test: str) -> str:
+        wanted = _dotted(test)
+        found = [v for k, v in self.outcomes.items() if k == wanted or k.endswith("." + wanted)]
+        assert found, f"no inner test {test!r}:\n{self.output[-3000:]}"
+        return found[0]
 
-    def assert_outcomes(self, passed: int = 0, failed: int = 0) -> None:
-        summary = {"passed": self.count("passed"), "failed": self.count("failed")}
-        errors = self.count("error") + self.count("skipped")
-        assert (summary, errors) == ({"passed": passed, "failed": failed}, 0), self.output
+    def assert_passed(self, *tests: str) -> None:
+        failed = {t: self.outcome(t) for t in tests if self.outcome(t) != "passed"}
+        assert not failed, f"{failed}\n{self.output[-6000:]}"
+
+    def matching(self, prefix: str) -> dict[str, str]:
+        """The inner tests whose name starts with ``prefix`` (``module.py``, ``…::test``)."""
+        start = _dotted(prefix.replace(".py", ".py::") if prefix.endswith(".py") else prefix)
+        return {k: v for k, v in self.outcomes.items() if k.startswith(start)}
+
+    def message(self, test: str) -> str:
+        wanted = _dotted(test)
+        return next(v for k, v in self.messages.items() if k.endswith(wanted))
 
 
-class RunInner(Protocol):
-    def __call__(
-        self, test_source: str, files: dict[str, str] | None = None, **env: str
-    ) -> InnerRun: ...
+def _dotted(test: str) -> str:
+    """``module.py::Class::test`` as junit names it: ``module.Class.test``."""
+    return test.replace(".py::", ".").replace("::", ".")
 
 
-@pytest.fixture
-def run_inner(tmp_path: Path, db_url: str) -> RunInner:
-    """Run one inner test module on ``db_url`` in a fresh ``pytest`` process."""
+def docs_example_files() -> dict[str, str]:
+    """The files of the complete example in docs/testing.md, by the name on line one."""
+    files: dict[str, str] = {}
+    for block in re.findall(r"^```text\n(# (\w+\.py)\n.*?)^```$", DOCS.read_text(), re.M | re.S):
+        files.setdefault(block[1], block[0])  # the first one: the complete example
+    return files
 
-    def run(test_source: str, files: dict[str, str] | None = None, **env: str) -> InnerRun:
-        project = tmp_path / "inner"
-        project.mkdir(exist_ok=True)
-        written = {"pytest.ini": INNER_INI, "conftest.py": INNER_CONFTEST, **(files or {})}
-        written["test_inner.py"] = textwrap.dedent(test_source)
-        for name, text in written.items():
-            (project / name).write_text(text)
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-        environ.pop("DATABASE_URL", None)
-        environ.update(FUS_TEST_URL=db_url, FUS_TEST_TABLE=User.__tablename__, **env)
-        report = tmp_path / "report.xml"
-        completed = subprocess.run(
-            [sys.executable, "-m", "pytest", "-q", f"--junitxml={report}", "test_inner.py"],
-            cwd=project,
-            env=environ,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        output = completed.stdout + completed.stderr
-        outcomes: dict[str, str] = {}
-        if report.exists():
-            for case in ET.parse(report).iter("testcase"):
-                kinds = [child.tag for child in case] or ["passed"]
-                kind = next((k for k in ("error", "failure", "skipped") if k in kinds), "passed")
-                outcomes[case.get("name", "")] = {"failure": "failed"}.get(kind, kind)
-        return InnerRun(completed.returncode, output, outcomes)
 
-    return run
+@pytest.fixture(scope="module", params=BACKENDS)
+def project_run(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[InnerRun]:
+    backend = str(request.param)
+    tmp = tmp_path_factory.mktemp(f"project-{backend}")
+    url = f"sqlite:///{tmp / 'test.db'}" if backend == "sqlite" else server_url(backend)
+    project = tmp / "project"
+    shutil.copytree(PROJECT, project, ignore=shutil.ignore_patterns("__pycache__"))
+    suffix = f"{os.getpid()}_{backend}"
+    docs_table = f"fus_docs_{suffix}"
+    example = project / "docs_example"
+    example.mkdir()
+    for name, text in docs_example_files().items():
+        (example / name).write_text(text.replace('"users"', repr(docs_table)))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    environ.update(FUS_TEST_URL=url, DATABASE_URL=url, FUS_TEST_SUFFIX=suffix)
+    report = tmp / "report.xml"
+    completed = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rA", f"--junitxml={report}"],
+        cwd=project,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    run = InnerRun(backend, completed.returncode, completed.stdout + completed.stderr)
+    if report.exists():
+        for case in ET.parse(report).iter("testcase"):
+            name = f"{case.get('classname', '')}.{case.get('name', '')}"
+            kinds = {child.tag: child for child in case}
+            kind = next((k for k in ("error", "failure", "skipped") if k in kinds), "passed")
+            run.outcomes[name] = {"failure": "failed"}.get(kind, kind)
+            if kind != "passed":
+                run.messages[name] = kinds[kind].get("message", "") + (kinds[kind].text or "")
+    engine = sa.create_engine(url, poolclass=NullPool)
+    try:
+        with engine.begin() as connection:
+            tables = [t for t in sa.inspect(connection).get_table_names() if suffix in t]
+            for table in tables:
+                rows = connection.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar()
+                run.rows_left[table] = int(rows or 0)
+        run.tables_left = sorted(tables)
+        with engine.begin() as connection:
+            for table in tables:
+                connection.execute(sa.text(f"DROP TABLE {table}"))
+    finally:
+        engine.dispose()
+    yield run

@@ -1,305 +1,123 @@
-"""The ``unified_rollback`` fixture in real pytest sessions, checked from outside."""
+"""Issue 12 in real pytest sessions (tests/plugin/project), checked from outside.
+
+One inner run per backend (SQLite, PostgreSQL, MariaDB); each test below reads the
+outcome of the inner tests for one point of the issue, and what the run left behind.
+"""
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import sys
-from pathlib import Path
 
-import pytest
-
-from tests.conftest import Observer
-
-from .conftest import RunInner
-
-# The app of a project that uses Flask-SQLAlchemy; scripts share its engine.
-FSA_APP = """
-import pytest
-import sqlalchemy as sa
-from flask import Flask
-from flask_sqlalchemy import SQLAlchemy
-
-from flask_unified_session import SessionFactory, UnifiedSession, set_default_factory
-
-from conftest import URL, Base, User
-
-db = SQLAlchemy(model_class=Base)
+from .conftest import InnerRun
 
 
-@pytest.fixture(scope="module")
-def app():
-    app = Flask(__name__)
-    app.config.update(TESTING=True, SQLALCHEMY_DATABASE_URI=URL)
-    db.init_app(app)
-    UnifiedSession(app, db=db)
-    engine = app.extensions["unified_session"].factory.engine
-    set_default_factory(SessionFactory(engine=engine))
-    yield app
-    set_default_factory(None)
-    engine.dispose()
-"""
-
-# The app of a project without Flask-SQLAlchemy: DATABASE_URL for the app and scripts.
-PLAIN_APP = """
-import pytest
-import sqlalchemy as sa
-from flask import Flask
-
-from flask_unified_session import UnifiedSession, dispose_engines, set_default_factory
-
-from conftest import URL, Base, User
+def test_nothing_is_left_in_the_database(project_run: InnerRun) -> None:
+    """Seen from a connection of its own after the run: every table empty, no new table."""
+    assert project_run.rows_left and set(project_run.rows_left.values()) == {0}, (
+        project_run.rows_left,
+        project_run.output[-4000:],
+    )
+    assert [t.split("_")[1] for t in project_run.tables_left] == ["audit", "user"]
+    project_run.assert_passed("test_zz_checker.py::test_nothing_was_left")
 
 
-@pytest.fixture
-def app():
-    app = Flask(__name__)
-    app.config.update(TESTING=True)
-    UnifiedSession(app)
-    yield app
-    set_default_factory(None)
-    dispose_engines()
-"""
-
-EVERY_ENTRY_POINT = """
-from flask import current_app
-
-import flask_unified_session as fus
-from flask_unified_session import SessionServiceMixin
+def test_every_entry_point_and_pytest_flask(project_run: InnerRun) -> None:
+    module = "test_a_flask_sqlalchemy.py"
+    tests = project_run.matching(module)
+    assert len(tests) == 6, tests
+    project_run.assert_passed(*tests)
 
 
-class Service(SessionServiceMixin):
-    db_manager = None
-
-    def add(self, name):
-        with self.db_session() as session:
-            session.add(User(name=name))
-
-
-def count_in_test():
-    with fus.session_scope() as session:
-        return session.scalar(sa.select(sa.func.count()).select_from(User))
-
-
-def test_commits_through_every_entry_point(unified_rollback, app, committed):
-    names = []
-    with app.app_context():
-        with current_app.unified_session_manager.get_db_session() as session:
-            session.add(User(name="get_db_session"))
-        with current_app.request_session_manager.session_scope() as session:
-            session.add(User(name="request_session_scope"))
-        session = fus.create_session()
-        session.add(User(name="create_session_in_app"))
-        session.commit()
-        session.close()
-        with fus.session_scope() as session:
-            session.add(User(name="session_scope_in_app"))
-        Service().add("mixin_in_app")
-        names += ["get_db_session", "request_session_scope", "create_session_in_app"]
-        names += ["session_scope_in_app", "mixin_in_app"]
-        if DB is not None:
-            DB.session.add(User(name="db_session_commit"))
-            DB.session.commit()
-            names.append("db_session_commit")
-    session = fus.create_session()
-    session.add(User(name="create_session"))
-    session.commit()
-    session.close()
-    with fus.session_scope() as session:
-        session.add(User(name="session_scope"))
-    Service().add("mixin")
-    generator = fus.get_session_generator()
-    session = next(generator)
-    session.add(User(name="session_generator"))
-    session.commit()
-    generator.close()
-    with fus.get_engine().begin() as connection:
-        connection.execute(sa.insert(User).values(name="engine_begin"))
-    names += ["create_session", "session_scope", "mixin", "session_generator"]
-    names += ["engine_begin"]
-    assert count_in_test() == len(names)
-    assert committed() == []
-
-
-def test_nothing_is_left_for_the_next_test(unified_rollback, app, committed):
-    assert committed() == []
-    assert count_in_test() == 0
-"""
-
-
-@pytest.mark.parametrize("app_source", [FSA_APP, PLAIN_APP], ids=["flask_sqlalchemy", "plain"])
-def test_commits_through_every_entry_point_are_rolled_back(
-    run_inner: RunInner, observer: Observer, db_url: str, app_source: str
+def test_point_1_engines_made_during_the_test_and_apps_built_in_setup(
+    project_run: InnerRun,
 ) -> None:
-    """Commits made through every entry point inside the test are undone after it."""
-    db_line = "DB = db" if "SQLAlchemy(" in app_source else "DB = None"
-    env = {} if "SQLAlchemy(" in app_source else {"DATABASE_URL": db_url}
-    result = run_inner(app_source + db_line + EVERY_ENTRY_POINT, **env)
-    result.assert_outcomes(passed=2)
-    assert observer.count() == 0
+    """The default factory made mid-test, a user's create_engine, a thread, setUp apps."""
+    tests = [
+        "test_1_default_factory_made_during_the_test",
+        "test_1_a_users_own_create_engine",
+        "TestAppBuiltInSetUp::test_commits_are_rolled_back",
+        "TestMarkedTestCase::test_marker_on_a_test_case",
+    ]
+    project_run.assert_passed(*tests)
+    thread = project_run.outcome("test_1_a_thread")
+    assert thread == ("skipped" if project_run.backend == "sqlite" else "passed")
 
 
-PYTEST_FLASK = """
-from flask import current_app, request
-
-from flask_unified_session import SessionServiceMixin
+def test_point_2_one_connection_per_database(project_run: InnerRun) -> None:
+    project_run.assert_passed("test_2_two_engines_see_each_others_commits")
 
 
-class Service(SessionServiceMixin):
-    pass
+def test_point_3_sessions_end_in_any_order(project_run: InnerRun) -> None:
+    project_run.assert_passed(
+        "test_3_unit_commits_before_a_session_opened_inside_it",
+        "test_3_inner_session_rolls_back_after_the_unit_committed",
+        "TestWithoutPushedContext::test_requests_each_in_their_own_context",
+    )
 
 
-@pytest.fixture(scope="module")
-def app():
-    app = Flask(__name__)
-    app.config.update(TESTING=True, SQLALCHEMY_DATABASE_URI=URL)
-    db.init_app(app)
-    UnifiedSession(app, db=db)
-
-    @app.post("/users")
-    def add_user():
-        with current_app.unified_session_manager.get_db_session() as session:
-            session.add(User(name=request.form["name"]))
-        db.session.add(User(name=request.form["name"] + "-db"))
-        db.session.commit()
-        with Service().db_session() as session:
-            session.add(User(name=request.form["name"] + "-mixin"))
-        return "", 201
-
-    @app.get("/users")
-    def count_users():
-        return str(db.session.scalar(sa.select(sa.func.count()).select_from(User)))
-
-    yield app
-    with app.app_context():
-        db.engine.dispose()
+def test_point_4_independent_units(project_run: InnerRun) -> None:
+    """Kept when the outer unit only read; otherwise the test fails pointing to truncate."""
+    project_run.assert_passed(
+        "test_4_independent_commit_survives_the_outer_rollback",
+        "TestWithoutPushedContext::test_independent_unit_in_a_request_survives_the_outer_rollback",
+        "test_independent_commit_is_real",
+    )
+    name = "test_b_points.py::test_4_xfail_independent_after_the_outer_wrote"
+    assert project_run.outcome(name) == "error"
+    assert "unified_truncate" in project_run.message(name)
+    assert "committed" in project_run.message(name)
 
 
-pytestmark = pytest.mark.usefixtures("unified_rollback")
+def test_point_5_begin_inside_begin_raises(project_run: InnerRun) -> None:
+    project_run.assert_passed("test_5_begin_inside_begin_raises_as_in_production")
 
 
-def test_requests_in_pytest_flask_context(client, committed):
-    assert client.post("/users", data={"name": "ann"}).status_code == 201
-    assert client.post("/users", data={"name": "bob"}).status_code == 201
-    assert client.get("/users").text == "6"
-    assert committed() == []
+def test_what_a_shared_connection_cannot_do_is_refused(project_run: InnerRun) -> None:
+    project_run.assert_passed(
+        "test_closing_without_commit_rolls_back_as_in_production",
+        "test_raw_connection_is_refused",
+        "test_autocommit_is_refused",
+        "test_ddl",
+    )
 
 
-class TestWithoutPushedContext:
-    @pytest.fixture(autouse=True)
-    def _push_request_context(self):
-        # pytest-flask's documented override: every request gets its own app context.
-        pass
-
-    def test_requests_each_in_their_own_context(self, client, committed):
-        assert client.post("/users", data={"name": "cyd"}).status_code == 201
-        assert client.get("/users").text == "3"
-        assert committed() == []
-"""
+def test_a_failed_test_is_rolled_back_and_unpatched(project_run: InnerRun) -> None:
+    assert project_run.outcome("test_fails_after_committing") == "failed"
+    project_run.assert_passed("test_after_a_failure_everything_is_restored")
 
 
-def test_pytest_flask_client_requests_are_rolled_back(
-    run_inner: RunInner, observer: Observer
-) -> None:
-    """Requests made with pytest-flask's ``client`` commit inside the test only."""
-    head = FSA_APP[: FSA_APP.index("@pytest.fixture")]
-    result = run_inner(head + PYTEST_FLASK)
-    result.assert_outcomes(passed=2)
-    assert observer.count() == 0
+def test_truncate_strategy(project_run: InnerRun) -> None:
+    """Threads, raw_connection(), processes, DDL, unittest: real commits, removed after."""
+    tests = project_run.matching("test_c_truncate.py")
+    assert len(tests) == 7, tests
+    project_run.assert_passed(*tests)
 
 
-FAILING_THEN_ORDINARY = """
-import flask_unified_session as fus
+def test_a_suite_of_100_tests_leaves_nothing(project_run: InnerRun) -> None:
+    tests = project_run.matching("test_d_suite.py::test_commit_everywhere[")
+    assert len(tests) == 100
+    project_run.assert_passed(*tests)
 
 
-def test_fails_after_committing(unified_rollback, app):
-    with fus.session_scope() as session:
-        session.add(User(name="rolled-back"))
-    assert False, "the test fails"
+def test_plugin_idle_without_a_fixture(project_run: InnerRun) -> None:
+    project_run.assert_passed("test_plugin_is_loaded_but_idle")
 
 
-def test_ordinary_test_after_a_failure(app, committed):
-    engine = fus.get_engine()
-    assert "connect" not in vars(engine)
-    with fus.session_scope() as session:
-        session.add(User(name="kept"))
-    assert committed() == ["kept"]
-"""
+def test_the_documented_example_passes(project_run: InnerRun) -> None:
+    tests = project_run.matching("docs_example.test_users.py")
+    assert len(tests) >= 3, tests
+    project_run.assert_passed(*tests)
 
 
-def test_failed_test_is_rolled_back_and_unpatched(
-    run_inner: RunInner, observer: Observer, db_url: str
-) -> None:
-    """A failing test is rolled back too, and the next test runs on untouched engines."""
-    result = run_inner(PLAIN_APP + FAILING_THEN_ORDINARY, DATABASE_URL=db_url)
-    result.assert_outcomes(passed=1, failed=1)
-    assert observer.names() == ["kept"]
-
-
-ORDINARY = """
-import flask_unified_session as fus
-
-
-def test_plugin_is_loaded_but_idle(request, app):
-    assert request.config.pluginmanager.has_plugin("flask_unified_session")
-    assert "unified_rollback" not in request.fixturenames
-    with app.app_context():
-        with app.unified_session_manager.get_db_session() as session:
-            session.add(User(name="app"))
-    with fus.session_scope() as session:
-        session.add(User(name="script"))
-"""
-
-
-def test_without_the_fixture_commits_are_real(
-    run_inner: RunInner, observer: Observer, db_url: str
-) -> None:
-    """Installed but not asked for, the plugin changes nothing: commits are real."""
-    result = run_inner(PLAIN_APP + ORDINARY, DATABASE_URL=db_url)
-    result.assert_outcomes(passed=1)
-    assert observer.names() == ["app", "script"]
-
-
-def test_importing_the_plugin_imports_neither_flask_nor_flask_sqlalchemy() -> None:
-    """pytest imports the plugin in every run: it must not pull Flask in."""
+def test_importing_the_plugin_imports_neither_flask_nor_sqlalchemy() -> None:
+    """pytest imports the plugin in every run: it must stay cheap."""
     code = (
-        "import sys, flask_unified_session.pytest_plugin; "
-        "print(sorted(m for m in ('flask', 'flask_sqlalchemy', 'flask_login') "
+        "import sys, flask_unified_session.testing.plugin, flask_unified_session.pytest_plugin; "
+        "print(sorted(m for m in ('flask', 'flask_sqlalchemy', 'flask_login', 'sqlalchemy') "
         "if m in sys.modules))"
     )
     completed = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert completed.stdout.strip() == "[]"
-
-
-def docs_example_files() -> dict[str, str]:
-    """The files of the complete example in docs/testing.md, by the name on line one."""
-    text = (Path(__file__).resolve().parents[2] / "docs" / "testing.md").read_text()
-    files = {}
-    for block in re.findall(r"^```text\n(# (\w+\.py)\n.*?)^```$", text, re.M | re.S):
-        files.setdefault(block[1], block[0])  # the first one: the complete example
-    return files
-
-
-def test_the_documented_example_passes(
-    run_inner: RunInner, observer: Observer, db_url: str
-) -> None:
-    """The complete example of docs/testing.md runs green, and leaves nothing behind."""
-    files = docs_example_files()
-    assert sorted(files) == ["conftest.py", "myapp.py", "test_users.py"]
-    table = f"fus_docs_{os.getpid()}"
-    files["myapp.py"] = files["myapp.py"].replace('"users"', repr(table))
-    test_users = files.pop("test_users.py")
-    result = run_inner(test_users, files, DATABASE_URL=db_url)
-    result.assert_outcomes(passed=3)
-    assert (
-        observer.scalar(
-            "SELECT count(*) FROM information_schema.tables WHERE table_name = :t"
-            if not db_url.startswith("sqlite")
-            else "SELECT count(*) FROM sqlite_master WHERE name = :t",
-            t=table,
-        )
-        == 0
-    )
