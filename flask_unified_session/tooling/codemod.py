@@ -33,6 +33,7 @@ from flask_unified_session.tooling.cstutil import (
 from flask_unified_session.tooling.imports import add_imports
 from flask_unified_session.tooling.outcome import FileOutcome, LeftSite, unified_diff
 from flask_unified_session.tooling.scopes import ScopeTracker
+from flask_unified_session.tooling.segments import head_length, site_segments
 from flask_unified_session.tooling.targets import (
     ModuleFacts,
     Target,
@@ -131,9 +132,10 @@ class SessionMigrator(ScopeTracker):
         super().visit_ClassDef(node)
         return self._enter_def(node)
 
-    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> None:
+    def visit_SimpleStatementLine(self, node: cst.SimpleStatementLine) -> bool:
         if self._site_name(node) is not None:
             self._number(node, 0)
+        return False  # nothing inside a simple statement is rewritten: skip its expressions
 
     def visit_With(self, node: cst.With) -> None:
         super().visit_With(node)
@@ -554,6 +556,56 @@ def parse_error(source: str, display: str) -> str:
     return "does not parse (libcst cannot read this syntax)"
 
 
+def _split_lines(source: str) -> list[str]:
+    """Lines with their ends, split at ``\n`` only (as ``ast`` counts them)."""
+    parts = source.split("\n")
+    lines = [part + "\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+@dataclass
+class _Piece:
+    """The rewrite of one segment of a file."""
+
+    code: str
+    left: list[LeftSite]
+    targets: dict[str, int]
+    wanted: list[tuple[str, str]]
+
+
+def _transform(
+    text: str,
+    display: str,
+    config: Config,
+    context: FileContext,
+    facts: ModuleFacts,
+    offset: int,
+    sites: tuple[list[int], list[int]],
+    defs: list[DefEntry],
+) -> _Piece | None:
+    """Run the migrator on ``text``: a whole file, or top-level statements starting at line
+    ``offset + 1`` holding ``sites`` and ``defs`` (file lines); None when libcst fails."""
+    try:
+        module = cst.parse_module(text)
+    except cst.ParserSyntaxError:
+        return None
+    local = ([line - offset for line in sites[0]], [line - offset for line in sites[1]])
+    clear_memo()
+    try:
+        migrator: SessionMigrator = SessionMigrator(config, display, context, facts, local, defs)
+        new_module = module.visit(migrator)
+        if not migrator.numbering_matches():  # pragma: no cover - a safety net
+            migrator = PositionedMigrator(config, display, context, facts)
+            new_module = MetadataWrapper(module, unsafe_skip_copy=True).visit(migrator)
+    finally:
+        clear_memo()
+    left = [LeftSite(site.path, site.line + offset, site.reason) for site in migrator.left]
+    code = new_module.code if migrator.targets else text
+    return _Piece(code, left, migrator.targets, migrator.wanted)
+
+
 def migrate_source(
     source: str,
     display: str,
@@ -561,13 +613,12 @@ def migrate_source(
     context: FileContext | None = None,
     tree: ast.Module | None = None,
 ) -> FileOutcome:
-    """Migrate the text of one file; never raises for bad input (sets ``error`` instead)."""
+    """Migrate the text of one file; never raises for bad input (sets ``error`` instead).
+
+    Only the top-level statements holding a site, and the import block, go through libcst
+    (:mod:`.segments`); the rest of the file is copied unchanged.
+    """
     outcome = FileOutcome(display, source, source)
-    try:
-        module = cst.parse_module(source)
-    except cst.ParserSyntaxError:
-        outcome.error = parse_error(source, display)
-        return outcome
     if tree is None:
         try:
             tree = ast.parse(source)
@@ -580,25 +631,56 @@ def migrate_source(
         units = scan_units(tree, config)
         context = FileContext(True, needs_independence(units, callers_index([units])))
     facts = module_facts(tree)
-    clear_memo()
-    try:
-        lines = site_lines(tree, config)
-        migrator: SessionMigrator = SessionMigrator(
-            config, display, context, facts, lines, def_entries(tree, lines)
-        )
-        new_module = module.visit(migrator)
-        if not migrator.numbering_matches():  # pragma: no cover - a safety net
-            migrator = PositionedMigrator(config, display, context, facts)
-            new_module = MetadataWrapper(module, unsafe_skip_copy=True).visit(migrator)
-    finally:
-        clear_memo()
-    outcome.left = migrator.left
-    outcome.rewritten = sum(migrator.targets.values())  # sync and async sites alike
-    outcome.targets = migrator.targets
-    if not migrator.targets:
+    legacy, async_sites = site_lines(tree, config)
+    if not legacy and not async_sites:
         return outcome
-    new_module = add_imports(new_module, sorted(set(migrator.wanted)))
-    new_source = new_module.code
+    lines = _split_lines(source)
+    defs = def_entries(tree, (legacy, async_sites))
+    functions = [
+        (entry.node.lineno, entry.node.end_lineno or entry.node.lineno)
+        for entry in defs
+        if not isinstance(entry.node, ast.ClassDef)
+    ]
+    segments = site_segments(tree, [*legacy, *async_sites], functions)
+    lone_cr = source.count("\r") != source.count("\r\n")  # ast counts a lone CR as a line end
+    if segments is None or lone_cr:
+        segments = [(1, len(lines))]
+    pieces: list[_Piece] = []
+    for start, end in segments:
+        inside = (
+            [line for line in legacy if start <= line <= end],
+            [line for line in async_sites if start <= line <= end],
+        )
+        piece = _transform(
+            "".join(lines[start - 1 : end]),
+            display,
+            config,
+            context,
+            facts,
+            start - 1,
+            inside,
+            [entry for entry in defs if start <= entry.node.lineno <= end],
+        )
+        if piece is None:
+            outcome.error = parse_error(source, display)
+            return outcome
+        pieces.append(piece)
+    outcome.left = [site for piece in pieces for site in piece.left]
+    outcome.targets = {}
+    for piece in pieces:
+        for target, count in piece.targets.items():
+            outcome.targets[target] = outcome.targets.get(target, 0) + count
+    outcome.rewritten = sum(outcome.targets.values())  # sync and async sites alike
+    if not outcome.targets:
+        return outcome
+    new_lines: list[str] = list(lines)
+    for (start, end), piece in reversed(list(zip(segments, pieces, strict=True))):
+        new_lines[start - 1 : end] = [piece.code]
+    wanted = sorted({name for piece in pieces for name in piece.wanted})
+    whole_file = segments == [(1, len(lines))]
+    head = len(new_lines) if whole_file else head_length(tree, len(lines))
+    new_head = add_imports(cst.parse_module("".join(new_lines[:head])), wanted).code
+    new_source = new_head + "".join(new_lines[head:])
     try:
         compile(new_source, display, "exec", dont_inherit=True)
     except SyntaxError as exc:  # pragma: no cover - a bug in the codemod, never written

@@ -2,11 +2,13 @@
 
 ``check`` often runs where the project's dependencies are not installed (a CI lint job, a
 fresh clone). An import is only "missing" when it is neither in the tree, nor installed, nor
-declared in ``requirements*.txt``, ``pyproject.toml`` or ``setup.cfg``.
+declared in ``requirements*.txt`` (or ``req*.txt``, ``requirements/*.txt``),
+``pyproject.toml`` (PEP 621 or Poetry), ``setup.cfg`` or a ``Pipfile``.
 """
 
 from __future__ import annotations
 
+import codecs
 import configparser
 import re
 from collections.abc import Iterable
@@ -103,16 +105,22 @@ def _requirement_names(lines: Iterable[str]) -> list[str]:
 
 
 def _from_requirements(root: Path) -> list[str]:
-    files = [*root.glob("requirements*.txt"), *root.glob("requirements/*.txt")]
+    patterns = ("*requirements*.txt", "req*.txt", "requirements/*.txt", "requirements/*.in")
+    files = sorted({path for pattern in patterns for path in root.glob(pattern)})
     names: list[str] = []
     for path in files:
         try:
-            names += _requirement_names(
-                path.read_text(encoding="utf-8", errors="replace").splitlines()
-            )
+            names += _requirement_names(_read_text(path.read_bytes()).splitlines())
         except OSError:
             continue
     return names
+
+
+def _read_text(data: bytes) -> str:
+    """Text of a requirements file; ``pip freeze > req.txt`` in PowerShell writes UTF-16."""
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return data.decode("utf-16", errors="replace")
+    return data.decode("utf-8-sig", errors="replace")
 
 
 def _from_pyproject(root: Path) -> list[str]:
@@ -165,9 +173,30 @@ def _from_setup_cfg(root: Path) -> list[str]:
     return names
 
 
+def _from_pipfile(root: Path) -> list[str]:
+    path = root / "Pipfile"
+    if not path.is_file():
+        return []
+    try:
+        data = read_toml(path)
+    except Exception:  # not ours to validate
+        return []
+    names: list[str] = []
+    for key in ("packages", "dev-packages"):
+        table = (data or {}).get(key, {})
+        if isinstance(table, dict):
+            names += [str(name) for name in table]
+    return names
+
+
 def declared_distributions(root: Path) -> list[str]:
     """Distribution names declared by the project at ``root`` (empty when none are)."""
-    return [*_from_requirements(root), *_from_pyproject(root), *_from_setup_cfg(root)]
+    return [
+        *_from_requirements(root),
+        *_from_pyproject(root),
+        *_from_setup_cfg(root),
+        *_from_pipfile(root),
+    ]
 
 
 def declared_imports(root: Path) -> frozenset[str]:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import ast
 import difflib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from flask_unified_session import __version__
 from flask_unified_session.tooling.cache import FORMAT, ResultCache, digest
@@ -32,6 +33,9 @@ from flask_unified_session.tooling.units import (
     needs_independence,
     scan_units,
 )
+
+_J = TypeVar("_J")
+_R = TypeVar("_R")
 
 
 @dataclass
@@ -101,29 +105,72 @@ def read_source(path: Path, display: str) -> _Source:
     return source
 
 
+def _units_key(source: _Source, fingerprint: str, analyse: bool) -> str:
+    return digest(FORMAT, "units", fingerprint, source.data, str(analyse))
+
+
+def _apply_units(source: _Source, entry: object) -> bool:
+    """Fill ``source.units`` or ``source.error`` from a cache entry; False when unusable."""
+    if not isinstance(entry, dict):
+        return False
+    try:
+        if "error" in entry:
+            source.error = str(entry["error"])
+        else:
+            source.units = FileUnits.from_json(entry)
+    except (ValueError, TypeError):
+        return False  # a damaged entry: compute it again
+    return True
+
+
+def _scan_job(job: tuple[str, str, Config, bool]) -> dict[str, object]:
+    """The first pass over one file: its units, or why it does not parse (a cache entry)."""
+    text, display, config, analyse = job
+    try:
+        tree = ast.parse(text, filename=display)
+    except (SyntaxError, ValueError):
+        return {"error": parse_error(text, display)}
+    return (scan_units(tree, config) if analyse else FileUnits()).to_json()
+
+
 def _scan(
     source: _Source, config: Config, fingerprint: str, cache: ResultCache, analyse: bool = True
 ) -> None:
     """Fill ``source.units`` (or ``source.error``) from the cache or a fresh ``ast`` pass."""
-    key = digest(FORMAT, "units", fingerprint, source.data, str(analyse))
-    entry = cache.get(key)
-    if isinstance(entry, dict):
-        try:
-            if "error" in entry:
-                source.error = str(entry["error"])
-            else:
-                source.units = FileUnits.from_json(entry)
-            return
-        except (ValueError, TypeError):
-            pass  # a damaged entry: compute it again
-    try:
-        tree = ast.parse(source.text, filename=source.display)
-    except (SyntaxError, ValueError):
-        source.error = parse_error(source.text, source.display)
-        cache.put(key, {"error": source.error})
+    key = _units_key(source, fingerprint, analyse)
+    if _apply_units(source, cache.get(key)):
         return
-    source.units = scan_units(tree, config) if analyse else FileUnits()
-    cache.put(key, source.units.to_json())
+    entry = _scan_job((source.text, source.display, config, analyse))
+    cache.put(key, entry)
+    _apply_units(source, entry)
+
+
+class _Workers:
+    """Runs a function over items in worker processes when that is worth it."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def map(
+        self, function: Callable[[_J], _R], items: Sequence[_J], sizes: Sequence[int]
+    ) -> list[_R]:
+        """``[function(item) for item in items]``, biggest items first across the workers."""
+        if self.workers <= 1 or len(items) < 2:
+            return [function(item) for item in items]
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(max_workers=self.workers)
+        # Biggest first, so that no worker is left with a large file at the end.
+        order = sorted(range(len(items)), key=lambda i: -sizes[i])
+        results = list(self._pool.map(function, [items[i] for i in order], chunksize=4))
+        ordered: dict[int, _R] = dict(zip(order, results, strict=True))
+        return [ordered[i] for i in range(len(items))]
+
+    def close(self) -> None:
+        """Stop the worker processes."""
+        if self._pool is not None:
+            self._pool.shutdown()
+            self._pool = None
 
 
 def _map_lines(old: str, new: str, lines: Sequence[int]) -> list[int] | None:
@@ -159,13 +206,42 @@ def migrate_project(
     candidates = _candidate_pattern(config)
     sources = [read_source(path, display) for path, display in files]
     has_flask = "flask" in declared_imports(root)
+    pool = _Workers(workers)
+    try:
+        return _run(sources, config, fingerprint, has_flask, candidates, write, cache, pool)
+    finally:
+        pool.close()
+
+
+def _run(
+    sources: list[_Source],
+    config: Config,
+    fingerprint: str,
+    has_flask: bool,
+    candidates: re.Pattern[bytes],
+    write: bool,
+    cache: ResultCache,
+    pool: _Workers,
+) -> ProjectRun:
+    misses: list[tuple[_Source, str, bool]] = []
     for source in sources:
         if source.error is not None:
             continue
         has_flask = has_flask or mentions_flask(source.data)
         # Every file is parsed once (a file that does not parse is reported); only those
         # that can hold a site or a unit of work are analysed.
-        _scan(source, config, fingerprint, cache, bool(candidates.search(source.data)))
+        analyse = bool(candidates.search(source.data))
+        key = _units_key(source, fingerprint, analyse)
+        if not _apply_units(source, cache.get(key)):
+            misses.append((source, key, analyse))
+    entries = pool.map(
+        _scan_job,
+        [(s.text, s.display, config, analyse) for s, _, analyse in misses],
+        [len(s.data) for s, _, _ in misses],
+    )
+    for (source, key, _), entry in zip(misses, entries, strict=True):
+        cache.put(key, entry)
+        _apply_units(source, entry)
     callers = callers_index(s.units for s in sources if s.units is not None)
     run = ProjectRun()
     pending: list[tuple[int, _Source, FileContext, str]] = []
@@ -175,9 +251,8 @@ def migrate_project(
             pending.append((len(run.outcomes), source, *work))
         run.outcomes.append(outcome)
     jobs = [(s.text, s.display, config, context) for _, s, context, _ in pending]
-    for (index, source, _context, key), outcome in zip(
-        pending, _run_codemod(jobs, workers), strict=True
-    ):
+    outcomes = pool.map(_migrate_job, jobs, [len(s.data) for _, s, _, _ in pending])
+    for (index, source, _context, key), outcome in zip(pending, outcomes, strict=True):
         outcome.encoding = source.encoding
         run.outcomes[index] = outcome
         if outcome.error is not None:
@@ -195,22 +270,6 @@ def migrate_project(
 
 def _migrate_job(job: tuple[str, str, Config, FileContext]) -> FileOutcome:
     return migrate_source(*job)
-
-
-def _run_codemod(
-    jobs: list[tuple[str, str, Config, FileContext]], workers: int
-) -> list[FileOutcome]:
-    """Run the codemod on each job, in worker processes when there are several files."""
-    if workers <= 1 or len(jobs) < 2:
-        return [_migrate_job(job) for job in jobs]
-    # Biggest files first, so that no worker is left with a large file at the end.
-    order = sorted(range(len(jobs)), key=lambda i: -len(jobs[i][0]))
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        results = list(pool.map(_migrate_job, [jobs[i] for i in order]))
-    outcomes: list[FileOutcome | None] = [None] * len(jobs)
-    for position, index in enumerate(order):
-        outcomes[index] = results[position]
-    return [outcome for outcome in outcomes if outcome is not None]
 
 
 def _from_cache(

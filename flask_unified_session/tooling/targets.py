@@ -143,9 +143,15 @@ def module_facts(tree: ast.Module) -> ModuleFacts:
     """Collect :class:`ModuleFacts` from a parsed module."""
     imports_flask = False
     other: str | None = None
+    functions: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
+    calls: list[ast.Call] = []
     for node in ast.walk(tree):
         modules: list[str] = []
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Call):
+            calls.append(node)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            functions.append(node)
+        elif isinstance(node, ast.Import):
             modules = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
             modules = [node.module]
@@ -157,19 +163,18 @@ def module_facts(tree: ast.Module) -> ModuleFacts:
     views: set[str] = set()
     elsewhere: set[str] = set()
     in_context: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            if imports_flask and any(
-                isinstance(n, ast.Name) and n.id in CONTEXT_NAMES for n in ast.walk(node)
-            ):
-                in_context.add(node.name)
-            decorators = _decorator_names(node)
-            if decorators & VIEW_DECORATORS:
-                views.add(node.name)
-            if decorators & TASK_DECORATORS:
-                elsewhere.add(node.name)
-        elif isinstance(node, ast.Call):
-            elsewhere.update(_runs_elsewhere(node))
+    for call in calls:
+        elsewhere.update(_runs_elsewhere(call))
+    for node in functions:
+        if imports_flask and any(
+            isinstance(n, ast.Name) and n.id in CONTEXT_NAMES for n in ast.walk(node)
+        ):
+            in_context.add(node.name)
+        decorators = _decorator_names(node)
+        if decorators & VIEW_DECORATORS:
+            views.add(node.name)
+        if decorators & TASK_DECORATORS:
+            elsewhere.add(node.name)
     mains = [node for node in tree.body if _is_main_guard(node)]
     is_script = bool(mains) and not any(
         _main_starts_app(node) for node in mains if isinstance(node, ast.If)

@@ -18,6 +18,7 @@ where it was not needed, never take it away.
 from __future__ import annotations
 
 import ast
+import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -154,7 +155,12 @@ def scan_units(tree: ast.Module, config: Config) -> FileUnits:
     return units
 
 
+_HOLDERS = (ast.stmt, ast.ExceptHandler, ast.Module, ast.match_case)
+
+
 def _statement_lists(node: ast.AST) -> list[list[ast.stmt]]:
+    if not isinstance(node, _HOLDERS):  # expressions, the bulk of the nodes, hold none
+        return []
     lists: list[list[ast.stmt]] = []
     for field_name in ("body", "orelse", "finalbody"):
         value = getattr(node, field_name, None)
@@ -234,10 +240,13 @@ def def_entries(tree: ast.Module, lines: tuple[list[int], list[int]]) -> list[De
         (n for n in ast.walk(tree) if isinstance(n, _Def)), key=lambda n: (n.lineno, n.col_offset)
     )
     sites = sorted(lines[0] + lines[1])
+    starts = [node.lineno for node in every]
     entries: list[DefEntry] = []
-    for node in every:
+    for index, node in enumerate(every):
         end = node.end_lineno or node.lineno
-        inside = sum(1 for other in ast.walk(node) if isinstance(other, _Def)) - 1
-        has_site = any(node.lineno <= line <= end for line in sites)
+        # defs are sorted by start: the ones inside this one follow it and start before its end
+        inside = bisect.bisect_right(starts, end, lo=index + 1) - index - 1
+        first = bisect.bisect_left(sites, node.lineno)
+        has_site = first < len(sites) and sites[first] <= end
         entries.append(DefEntry(node, has_site, inside))
     return entries

@@ -59,6 +59,13 @@ def test_declared_dependencies_are_not_missing_modules(project: WriteProject) ->
     assert codes(run_check(root)) == [("app.py", "FUS003", 6), ("app.py", "FUS003", 7)]
 
 
+def test_utf16_req_txt_is_read(project: WriteProject) -> None:
+    """`pip freeze > req.txt` in PowerShell writes UTF-16: still a declaration."""
+    root = project({"app.py": "import pandas\nimport akshare\n"})
+    (root / "req.txt").write_bytes("pandas>=2\r\nakshare==1.0\r\n".encode("utf-16"))
+    assert run_check(root) == []
+
+
 def test_import_names_of_distributions() -> None:
     """Distribution names map to the import names they provide."""
     assert {"telegram", "httpx"} <= import_names("python-telegram-bot")
