@@ -307,6 +307,10 @@ class ChangeFlow:
     derived: set[str] = field(default_factory=set)
     queries: set[str] = field(default_factory=set)
     problem: str | None = None
+    #: the first helper given the session, when that is the only "change" seen: the reason
+    #: then names it (the helper may write; nothing else in the block does)
+    handed_to: str | None = None
+    other_change: bool = False
 
     # -- what a value is ---------------------------------------------------------------------
     def _is_db_value(self, node: ast.expr) -> bool:
@@ -329,6 +333,19 @@ class ChangeFlow:
 
     def call_dirty(self, call: ast.Call, statement: bool = False) -> bool:
         """Whether ``call`` may change database state the unit of work would commit."""
+        dirty = self._call_dirty(call, statement)
+        if dirty:
+            arguments = [*call.args, *(k.value for k in call.keywords)]
+            root, _ = call_chain(call)
+            if root != self.name and any(
+                isinstance(a, ast.Name) and a.id == self.name for a in arguments
+            ):
+                self.handed_to = self.handed_to or (dotted(call.func) or "a helper")
+            else:
+                self.other_change = True
+        return dirty
+
+    def _call_dirty(self, call: ast.Call, statement: bool) -> bool:
         root, methods = call_chain(call)
         func_name = dotted(call.func) or ""
         arguments = [*call.args, *(k.value for k in call.keywords)]
@@ -391,6 +408,7 @@ class ChangeFlow:
                 if isinstance(element, (ast.Attribute, ast.Subscript)) and self._target_dirty(
                     element
                 ):
+                    self.other_change = True
                     return True
         if isinstance(stmt, ast.Expr):
             value = stmt.value.value if isinstance(stmt.value, ast.Await) else stmt.value
@@ -469,10 +487,17 @@ class ChangeFlow:
 
     def _leave(self, dirty: bool, what: str) -> None:
         if dirty and self.problem is None:
-            self.problem = (
-                f"a {what} can be reached after changes and before any commit "
-                "(the old code discarded them; a unit of work would commit them)"
-            )
+            if self.handed_to is not None and not self.other_change:
+                self.problem = (
+                    f"a {what} can be reached after the session was handed to "
+                    f"{self.handed_to}(), which may change it, and before any commit (the old "
+                    "code discarded such changes; a unit of work would commit them)"
+                )
+            else:
+                self.problem = (
+                    f"a {what} can be reached after changes and before any commit "
+                    "(the old code discarded them; a unit of work would commit them)"
+                )
 
     # -- the walk ----------------------------------------------------------------------------
     def block(self, stmts: Sequence[ast.stmt], dirty: bool, in_loop: bool) -> tuple[bool, bool]:
@@ -597,6 +622,12 @@ def exit_problem(
     if flow.problem:
         return flow.problem
     if dirty and not ended:
+        if flow.handed_to is not None and not flow.other_change:
+            return (
+                f"the block can end after the session was handed to {flow.handed_to}(), "
+                "which may change it, without a commit (the old code discarded such changes; "
+                "a unit of work would commit them)"
+            )
         return (
             "the block can end with uncommitted changes (the old code discarded them; "
             "a unit of work would commit them)"
