@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import os
 import re
 import threading
 from collections.abc import Iterator
@@ -90,6 +91,7 @@ class _Database:
         from sqlalchemy.engine import Connection
 
         self.isolation = isolation
+        self.pid = os.getpid()
         self.lock = threading.RLock()
         self.mysql = engine.dialect.name in ("mysql", "mariadb")
         self.names = itertools.count(1)
@@ -108,7 +110,7 @@ class _Database:
             # pysqlite without the SAVEPOINT fix emits no BEGIN for SQLAlchemy's begin()
             # and none before SAVEPOINT: releasing the last SAVEPOINT would commit.
             self.holder.exec_driver_sql("BEGIN")
-        self.shared = _SharedDBAPI(self.fairy)
+        self.shared = _SharedDBAPI(self.fairy, self)
 
     # -- physical statements ---------------------------------------------------------
 
@@ -242,10 +244,15 @@ class _Database:
 class _SharedDBAPI:
     """The test's pooled DBAPI connection, as a logical connection sees it: never closed."""
 
-    __slots__ = ("_fairy",)
+    __slots__ = ("_database", "_fairy")
 
-    def __init__(self, fairy: Any) -> None:
+    def __init__(self, fairy: Any, database: _Database) -> None:
         object.__setattr__(self, "_fairy", fairy)
+        object.__setattr__(self, "_database", database)
+
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        self._database._check_open()  # a connection kept past its test
+        return self._fairy.cursor(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._fairy, name)
@@ -415,6 +422,12 @@ class RollbackIsolation:
             self._patch(cls, "connect", _isolated_connect(cls.__dict__["connect"], self))
         for cls in _classes_defining(Engine, "raw_connection"):
             self._patch(cls, "raw_connection", _isolated_raw(cls.__dict__["raw_connection"], self))
+        try:  # readonly units run on the primary, whose test transaction holds the writes
+            from ..replicas import route_to_primary
+        except ImportError:  # pragma: no cover - a core without replica routing
+            pass
+        else:
+            self._stack.enter_context(route_to_primary())
         original = DefaultDialect.__dict__["_set_connection_characteristics"]
         self._patch(
             DefaultDialect, "_set_connection_characteristics", _isolated_characteristics(original)
@@ -504,6 +517,11 @@ class RollbackIsolation:
     def _logical(self, engine: Engine) -> Connection:
         database = self._database_for(engine)
         database._check_open()
+        if database.pid != os.getpid():
+            self.refuse(
+                "a forked process reached the database: it would talk over the test "
+                "process's connection"
+            )
         cls = _logical_connection_class()
         connection = cls(engine, connection=database.shared)  # type: ignore[arg-type]
         connection._fus_db = database  # type: ignore[attr-defined]
