@@ -49,12 +49,6 @@ def doctor() -> None:
         problems += down
         for line in lines:
             click.echo(line)
-    replicas = getattr(state.factory, "replicas", None)
-    if replicas is not None:  # each replica checked now, with its lag
-        lines, down = replicas.describe()
-        problems += down
-        for line in lines:
-            click.echo(line)
     click.echo("engines in this process:")
     for record in known_engines():
         origin = "created" if record.owned else "adopted"

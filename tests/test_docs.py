@@ -204,7 +204,8 @@ def test_configuration_page_covers_every_setting() -> None:
     page = (DOCS / "configuration.md").read_text(encoding="utf-8")
     expected = ["DATABASE_URL", *URL_KEYS, *COMMIT_MODES]
     expected += ["UNIFIED_SESSION_COMMIT_MODE", "UNIFIED_SESSION_EXPIRE_ON_COMMIT"]
+    expected += ["DATABASE_ASYNC_URL", "UNIFIED_SESSION_DATABASE_ASYNC_URL"]
     for field in fields(Settings):
-        if field.name not in ("url", "source"):
+        if field.name not in ("url", "source", "database_async_url"):
             expected += [f"DB_{field.name.upper()}", f"UNIFIED_SESSION_{field.name.upper()}"]
     assert [name for name in expected if f"`{name}`" not in page] == []
