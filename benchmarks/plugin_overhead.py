@@ -33,6 +33,7 @@ from flask_unified_session.testing.truncate import TruncateIsolation
 
 PID = os.getpid()
 TABLES = 10
+PREFIX = f"bench_plugin_{PID}_"
 URLS = {
     "postgresql": ("TEST_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
     "mariadb": ("TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"),
@@ -105,7 +106,7 @@ def bench(backend: str, url: str, rounds: int) -> list[tuple[str, float, float]]
 
     def truncate(statement: str) -> Callable[[Callable[[], None]], None]:
         def run(work: Callable[[], None]) -> None:
-            isolation = TruncateIsolation([engine])
+            isolation = TruncateIsolation([engine], lambda name: name.startswith(PREFIX))
             if statement == "TRUNCATE":
                 isolation.truncate_backends = frozenset({engine.dialect.name})
             with isolation:

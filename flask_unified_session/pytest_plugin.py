@@ -18,6 +18,7 @@ from .testing.plugin import (
     unified_rollback,
     unified_rollback_targets,
     unified_truncate,
+    unified_truncate_tables,
 )
 
 __all__ = [
@@ -30,6 +31,7 @@ __all__ = [
     "unified_rollback",
     "unified_rollback_targets",
     "unified_truncate",
+    "unified_truncate_tables",
 ]
 
 _LAZY = ("RollbackIsolation", "UnifiedRollbackError", "rollback_isolation")

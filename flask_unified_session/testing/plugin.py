@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
@@ -28,6 +28,7 @@ __all__ = [
     "unified_rollback",
     "unified_rollback_targets",
     "unified_truncate",
+    "unified_truncate_tables",
 ]
 
 MARKERS = {
@@ -82,6 +83,16 @@ def unified_rollback(request: pytest.FixtureRequest) -> Iterator[RollbackIsolati
 
 
 @pytest.fixture
+def unified_truncate_tables() -> Callable[[str], bool] | None:
+    """Which tables ``unified_truncate`` looks after: ``None`` for every table of the schema.
+
+    Override it (a predicate on the table name) when other processes share the database,
+    so that their tables are never emptied or dropped.
+    """
+    return None
+
+
+@pytest.fixture
 def unified_truncate(request: pytest.FixtureRequest) -> Iterator[TruncateIsolation]:
     """Real commits; afterwards the rows the test wrote are deleted, its new tables dropped.
 
@@ -91,7 +102,8 @@ def unified_truncate(request: pytest.FixtureRequest) -> Iterator[TruncateIsolati
     """
     from .truncate import TruncateIsolation
 
-    isolation = TruncateIsolation(_engines(request))
+    only = request.getfixturevalue("unified_truncate_tables")
+    isolation = TruncateIsolation(_engines(request), only)
     isolation.start()
     try:
         yield isolation

@@ -4,9 +4,10 @@ Before the test (or when an engine first reaches a database during it), one snap
 database: its tables, and for each table its row count and its largest integer primary
 key. After the test, one query finds the tables whose count or largest key changed, and:
 
-* a table that was empty before is emptied (``TRUNCATE`` on PostgreSQL, where one
-  statement empties them all; ``DELETE`` on MariaDB and SQLite, where it is faster
-  for the few rows a test writes: see docs/testing.md, "Figures");
+* a table that was empty before is emptied with ``DELETE`` (a ``TRUNCATE`` of every
+  such table costs tens of milliseconds on PostgreSQL and MariaDB, ``DELETE`` of a test's
+  few rows well under one: see docs/testing.md, "Figures"; set ``truncate_backends``
+  for tests that write many rows);
 * a table that had rows keeps them: only rows with a larger key are deleted (a table
   without an integer key: rows not in a copy taken before);
 * a table the test created is dropped.
@@ -20,16 +21,21 @@ SQLite and in dependency order on PostgreSQL.
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
 
 __all__ = ["TruncateIsolation", "TruncateWarning", "truncate_isolation"]
+
+
+_T = TypeVar("_T")
 
 
 class TruncateWarning(UserWarning):
@@ -73,8 +79,9 @@ _mysql_keys: dict[tuple[Any, str], str | None] = {}
 
 
 class _Backend:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, only: Callable[[str], bool] | None = None) -> None:
         self.engine = engine
+        self.only = only
         self.name = engine.dialect.name
         self.quote = engine.dialect.identifier_preparer.quote
 
@@ -94,9 +101,13 @@ class _Backend:
 
     def tables(self, cursor: Any) -> dict[str, str | None]:
         if self.name in ("mysql", "mariadb"):
-            return self._mysql_tables(cursor)
-        cursor.execute(_PG_TABLES if self.name == "postgresql" else _SQLITE_TABLES)
-        return {str(name): key for name, key in cursor.fetchall()}
+            tables = self._mysql_tables(cursor)
+        else:
+            cursor.execute(_PG_TABLES if self.name == "postgresql" else _SQLITE_TABLES)
+            tables = {str(name): key for name, key in cursor.fetchall()}
+        if self.only is not None:
+            tables = {name: key for name, key in tables.items() if self.only(name)}
+        return tables
 
     def _mysql_tables(self, cursor: Any) -> dict[str, str | None]:
         # information_schema costs tens of milliseconds on MariaDB: SHOW TABLES, and the
@@ -108,6 +119,8 @@ class _Backend:
         tables: dict[str, str | None] = {}
         for row in cursor.fetchall():
             name = str(row[0])
+            if self.only is not None and not self.only(name):
+                continue
             cache_key = (identity, name)
             if cache_key not in _mysql_keys:
                 cursor.execute(f"SHOW COLUMNS FROM {self.quote(name)}")
@@ -144,17 +157,22 @@ class _Backend:
 class TruncateIsolation:
     """Real commits during the block; afterwards the rows written are removed."""
 
-    # Measured (benchmarks/plugin_overhead.py): TRUNCATE of the tables that were empty
-    # beats DELETE on PostgreSQL only for many rows; DELETE wins for a test's few rows.
+    # Measured (benchmarks/plugin_overhead.py): DELETE of a test's few rows beats TRUNCATE
+    # on PostgreSQL and MariaDB by tens of milliseconds; the backends named here TRUNCATE
+    # the tables that were empty instead (for tests that write many rows).
     truncate_backends: frozenset[str] = frozenset()
 
-    def __init__(self, engines: list[Engine] | None = None) -> None:
+    def __init__(
+        self, engines: list[Engine] | None = None, tables: Callable[[str], bool] | None = None
+    ) -> None:
         self._lock = threading.RLock()
         self._snapshots: dict[tuple[Any, ...], _Snapshot | None] = {}
         self._stack = contextlib.ExitStack()
         self._closed = False
         self.problems: list[str] = []
         self._initial = engines or []
+        #: which tables are looked after (default: every table of the schema)
+        self.tables = tables
 
     def start(self) -> TruncateIsolation:
         from sqlalchemy.engine import Engine
@@ -189,15 +207,18 @@ class TruncateIsolation:
         with self._lock:
             if identity in self._snapshots or self._closed:
                 return
-            backend = _Backend(engine)
-            with backend.cursor() as cursor:
-                keys = backend.tables(cursor)
-                counts = backend.counts(cursor, keys)
-                snapshot = _Snapshot(engine, keys, counts)
-                for table, key in keys.items():
-                    if key is None and counts[table][0]:
-                        snapshot.copies[table] = backend.rows(cursor, table)
-            self._snapshots[identity] = snapshot
+            self._snapshots[identity] = _retried(lambda: self._snapshot(engine))
+
+    def _snapshot(self, engine: Engine) -> _Snapshot:
+        backend = _Backend(engine, self.tables)
+        with backend.cursor() as cursor:
+            keys = backend.tables(cursor)
+            counts = backend.counts(cursor, keys)
+            snapshot = _Snapshot(engine, keys, counts)
+            for table, key in keys.items():
+                if key is None and counts[table][0]:
+                    snapshot.copies[table] = backend.rows(cursor, table)
+        return snapshot
 
     def close(self) -> None:
         if self._closed:
@@ -206,7 +227,7 @@ class TruncateIsolation:
         try:
             for snapshot in list(self._snapshots.values()):
                 if snapshot is not None:
-                    self._clean(snapshot)
+                    _retried(functools.partial(self._clean, snapshot))
         finally:
             self._stack.close()
 
@@ -224,7 +245,7 @@ class TruncateIsolation:
     # -- cleanup ---------------------------------------------------------------------
 
     def _clean(self, snapshot: _Snapshot) -> None:
-        backend = _Backend(snapshot.engine)
+        backend = _Backend(snapshot.engine, self.tables)
         quote = backend.quote
         with backend.cursor() as cursor:
             keys = backend.tables(cursor)
@@ -383,6 +404,17 @@ class TruncateIsolation:
             )
 
 
+def _retried(step: Callable[[], _T]) -> _T:
+    """``step()``, again if a table came or went meanwhile (another process's, say)."""
+    for attempt in range(3):
+        try:
+            return step()
+        except Exception:
+            if attempt == 2:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
 def _watching(original: Any, isolation: TruncateIsolation) -> Any:
     def method(engine: Any, *args: Any, **kwargs: Any) -> Any:
         if not isolation._closed:
@@ -394,7 +426,10 @@ def _watching(original: Any, isolation: TruncateIsolation) -> Any:
 
 
 @contextlib.contextmanager
-def truncate_isolation(*engines: Engine) -> Any:
-    """A :class:`TruncateIsolation` for the block (unittest, scripts)."""
-    with TruncateIsolation(list(engines)) as isolation:
+def truncate_isolation(*engines: Engine, tables: Callable[[str], bool] | None = None) -> Any:
+    """A :class:`TruncateIsolation` for the block (unittest, scripts).
+
+    ``tables``: which tables to look after (default: every table of each schema).
+    """
+    with TruncateIsolation(list(engines), tables) as isolation:
         yield isolation

@@ -1,7 +1,13 @@
 import pytest
 import sqlalchemy as sa
 
-from common import Audit, Base, User, observer_engine
+from common import SUFFIX, Audit, Base, User, observer_engine
+
+
+@pytest.fixture
+def unified_truncate_tables():
+    """Other runs share the servers: look after this run's tables only."""
+    return lambda name: SUFFIX in name
 
 
 @pytest.fixture(scope="session", autouse=True)
