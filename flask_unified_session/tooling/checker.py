@@ -402,7 +402,7 @@ class FileChecker(ast.NodeVisitor):
                 return None
             if _closes(node, name):
                 closed_anywhere = True
-        if closed_in_branch:
+        if closed_in_branch and not _close_follows(body, assign, name):
             return "is closed in a finally on some paths only: the others leak it"
         if closed_anywhere:
             return "is closed, but not in a finally: an exception leaks it"
@@ -431,8 +431,9 @@ def _closed_after(body: Sequence[ast.stmt], assign: ast.stmt, name: str) -> bool
     if path is None:
         return False
     for block, index, owner in reversed(path):
-        if any(_closes_block(stmt, name) for stmt in block[index + 1 :]):
-            return True
+        for stmt in _until_rebound(block[index + 1 :], name):
+            if _closes_block(stmt, name):
+                return True
         if (
             isinstance(owner, ast.Try)
             and block is not owner.finalbody
@@ -440,6 +441,41 @@ def _closed_after(body: Sequence[ast.stmt], assign: ast.stmt, name: str) -> bool
         ):
             return True
     return False
+
+
+def _close_follows(body: Sequence[ast.stmt], assign: ast.stmt, name: str) -> bool:
+    """Whether a statement after ``assign`` (in its block or an enclosing one) closes it."""
+    path = _path_to(body, assign) or []
+    return any(
+        _closes(node, name)
+        for block, index, _owner in path
+        for stmt in _until_rebound(block[index + 1 :], name)
+        for node in _walk_outside_finally(stmt)
+    )
+
+
+def _until_rebound(stmts: Sequence[ast.stmt], name: str) -> Iterator[ast.stmt]:
+    """``stmts`` up to (not including) one that binds ``name`` again: a later close() is
+    the next session's."""
+    for stmt in stmts:
+        if isinstance(stmt, (ast.Assign, ast.AnnAssign)):
+            targets = stmt.targets if isinstance(stmt, ast.Assign) else [stmt.target]
+            if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+                return
+        yield stmt
+
+
+def _walk_outside_finally(node: ast.AST) -> Iterator[ast.AST]:
+    """``ast.walk`` that does not enter ``finally`` blocks (a close there is reported apart)."""
+    stack = [node]
+    while stack:
+        current = stack.pop()
+        yield current
+        for child_field, value in ast.iter_fields(current):
+            if isinstance(current, ast.Try) and child_field == "finalbody":
+                continue
+            items = value if isinstance(value, list) else [value]
+            stack.extend(item for item in items if isinstance(item, ast.AST))
 
 
 _Path = list[tuple[Sequence[ast.stmt], int, "ast.stmt | None"]]

@@ -49,3 +49,29 @@ def test_check_fixture(name: str, project: WriteProject) -> None:
 def test_every_rule_fixed_in_issue_13_has_a_fixture() -> None:
     """The misses and the noise of version 1 each have their fixture."""
     assert len(CHECK_FIXTURES) >= 7
+
+
+def test_branch_and_plain_close_messages(project: WriteProject) -> None:
+    """A finally in one branch and a close outside any finally each say what is wrong."""
+    root = project()
+    shutil.copy(FIXTURES / "check" / "closed_in_one_branch.py", root / "a.py")
+    (root / "b.py").write_text(
+        "from app.db import SessionLocal\n\n\ndef f():\n    s = SessionLocal()\n"
+        "    s.query(1)\n    s.close()\n    s = SessionLocal()\n    try:\n        s.query(2)\n"
+        "    finally:\n        s.close()\n",
+        encoding="utf-8",
+    )
+    files = [(root / "a.py", "a.py"), (root / "b.py", "b.py")]
+    found = [
+        (f.path, f.line, f.message)
+        for f in check_project(files, root, Config()).findings
+        if f.code == "FUS002"
+    ]
+    assert found == [
+        (
+            "a.py",
+            6,
+            "session 'session' is closed in a finally on some paths only: the others leak it",
+        ),
+        ("b.py", 5, "session 's' is closed, but not in a finally: an exception leaks it"),
+    ]
