@@ -86,7 +86,7 @@ def measure(run: Callable[[], None], rounds: int) -> float:
     return statistics.median(times) * 1000
 
 
-def bench(backend: str, url: str, rounds: int) -> list[tuple[str, float, float]]:
+def bench(backend: str, url: str, rounds: int) -> list[tuple[str, float, float, float]]:
     factory = SessionFactory(url)
     engine = factory.engine
     Base.metadata.drop_all(engine)
@@ -114,9 +114,14 @@ def bench(backend: str, url: str, rounds: int) -> list[tuple[str, float, float]]
 
         return run
 
-    def both(strategy: Callable[[Callable[[], None]], None], n: int) -> tuple[float, float]:
+    def read() -> None:
+        with factory.session_scope() as session:
+            session.execute(sa.select(MODELS[0].id).limit(1))
+
+    def both(strategy: Callable[[Callable[[], None]], None], n: int) -> tuple[float, float, float]:
         return (
             measure(lambda: strategy(lambda: body(factory)), n),
+            measure(lambda: strategy(read), n),
             measure(lambda: strategy(lambda: None), n),
         )
 
@@ -143,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="postgresql,mariadb,sqlite")
     args = parser.parse_args(argv)
     print(f"per-test time in ms, median of {args.rounds} rounds, {TABLES} tables")
-    print("test: the body (3 commits, 4 rows); overhead: over bare; empty test: no body")
+    print("writes: a test of 3 commits (4 rows); reads: a test of one SELECT; empty: no body;")
+    print("overhead: over the same test without a strategy (bare)")
     for backend in args.backends.split(","):
         variable, default = URLS[backend]
         url = (os.environ.get(variable) if variable else None) or default
@@ -152,11 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         except sa.exc.OperationalError as exc:
             print(f"{backend}: skipped ({str(exc.orig).splitlines()[0]})")
             continue
-        reference = results[0][1]
-        print(f"\n{backend:34} {'test':>8} {'overhead':>9} {'empty test':>11}")
-        for name, ms, empty in results:
-            extra = "" if name.startswith("bare") else f"{ms - reference:+9.1f}"
-            print(f"  {name:32} {ms:8.1f} {extra:>9} {empty:11.1f}")
+        reference, reading = results[0][1], results[0][2]
+        print(f"\n{backend:30} {'writes':>8} {'over':>9} {'reads':>7} {'over':>9} {'empty':>6}")
+        for name, ms, read_ms, empty in results:
+            bare = name.startswith("bare")
+            extra = "" if bare else f"{ms - reference:+9.1f}"
+            extra_read = "" if bare else f"{read_ms - reading:+9.1f}"
+            print(f"  {name:28} {ms:8.1f} {extra:>9} {read_ms:7.1f} {extra_read:>9} {empty:6.1f}")
     if os.path.exists(URLS["sqlite"][1][10:]):
         os.remove(URLS["sqlite"][1][10:])
     return 0
