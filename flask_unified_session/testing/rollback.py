@@ -366,6 +366,10 @@ _pools: dict[Any, Any] = {}
 
 
 def _holder_pool(key: Any, engine: Engine) -> Any:
+    from sqlalchemy.pool import SingletonThreadPool, StaticPool
+
+    if key[0][0] == "engine" or isinstance(engine.pool, (StaticPool, SingletonThreadPool)):
+        return engine.pool  # a copy would be another database (SQLite in memory)
     pool = _pools.get(key)
     if pool is None:
         pool = _pools[key] = engine.pool.recreate()

@@ -219,3 +219,17 @@ def test_truncate_warns_about_rows_it_cannot_restore(
             with factory.session_scope() as session:
                 session.execute(sa.delete(User))
     assert observer.count() == 0
+
+
+def test_sqlite_in_memory_is_isolated_on_its_own_connection() -> None:
+    engine = sa.create_engine("sqlite://", poolclass=sa.pool.StaticPool)
+    User.__table__.create(engine)
+    with rollback_isolation():
+        with Session(engine) as session:
+            session.add(User(name="memory"))
+            session.commit()
+        with engine.connect() as connection:
+            assert connection.scalar(sa.select(sa.func.count()).select_from(User)) == 1
+    with engine.connect() as connection:
+        assert connection.scalar(sa.select(sa.func.count()).select_from(User)) == 0
+    engine.dispose()
