@@ -13,12 +13,20 @@ the parent's context variables.
 Engines: one per database, options and event loop. An engine is never used from another
 loop; it is disposed inside its loop when the loop shuts down (``asyncio.run()`` does so),
 and ``asyncio.run()`` called again gets a new one.
+
+Read replicas (``DB_REPLICA_URLS``): ``session_scope(readonly=True)`` follows the rules of
+:mod:`flask_unified_session.replicas`, with an async engine per replica and loop. The
+replica is chosen by the factory's :class:`~flask_unified_session.replicas.ReplicaSet` in
+a worker thread (its checks are blocking); an outermost unit that committed awaits the
+primary's ``pg_current_wal_lsn()`` and records it for its owner (the app context, else
+the task), so that the owner's next readonly unit reads its writes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import threading
@@ -52,9 +60,11 @@ from .engines import (
     _fix_pysqlite_savepoints,
     creation_site,
     database_identity,
+    engine_for,
 )
+from .replicas import PRIMARY, ReplicaSet, _begin_read_only, routing_to_primary
 from .session_factory import existing_default_factory
-from .unit_of_work import DoomedTransactionError, UnitOfWork, _quietly
+from .unit_of_work import DoomedTransactionError, UnitOfWork, _quietly, task_owner
 
 __all__ = [
     "AsyncLazyLoadError",
@@ -332,6 +342,7 @@ class AsyncUnitOfWork:
             independent=independent,
             sender=factory.signal_sender,
             context=factory.context_provider,
+            owner_of=task_owner,
         )
 
     @property

@@ -44,6 +44,7 @@ __all__ = [
     "Transaction",
     "UnitOfWork",
     "current_transaction",
+    "task_owner",
 ]
 
 log = logging.getLogger("flask_unified_session")
@@ -119,18 +120,35 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def task_owner() -> object:
+    """The owner async units nest on: the running task, also inside a Flask app context.
+
+    Tasks of one app context (``gather`` in an async view) must not share an AsyncSession.
+    """
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and asyncio._get_running_loop() is not None:
+        task = asyncio.current_task()
+        if task is not None:
+            return task
+    return current_owner()
+
+
 def current_transaction(key: object | None = None) -> Transaction | None:
-    """The open transaction of the current owner (for ``key``; else the latest entered)."""
-    units = _open.get(current_owner())
-    if not units:
-        return None
-    if key is not None:
-        return _live(units.get(key))
+    """The open transaction of the current owner (for ``key``; else the latest entered).
+
+    Both owners are asked: sync units nest on the app context, async ones on the task.
+    """
+    owners = {id(owner): owner for owner in (current_owner(), task_owner())}
     latest: Transaction | None = None
-    for transaction in units.values():
-        transaction = _live(transaction)  # type: ignore[assignment]
-        if transaction is not None and (latest is None or transaction.serial > latest.serial):
-            latest = transaction
+    for owner in owners.values():
+        units = _open.get(owner)
+        if not units:
+            continue
+        candidates = [units.get(key)] if key is not None else list(units.values())
+        for candidate in candidates:
+            transaction = _live(candidate)
+            if transaction is not None and (latest is None or transaction.serial > latest.serial):
+                latest = transaction
     return latest
 
 
@@ -291,6 +309,7 @@ class UnitOfWork:
         "key",
         "nested",
         "open_session",
+        "owner_of",
         "sender",
     )
 
@@ -304,8 +323,11 @@ class UnitOfWork:
         sender: object = None,
         context: Callable[[], Mapping[str, Any]] | None = None,
         context_session: Callable[[], Session | None] | None = None,
+        owner_of: Callable[[], object] = current_owner,
     ) -> None:
         self.key = key
+        #: who this unit nests on (``task_owner`` for async units)
+        self.owner_of = owner_of
         self.open_session = open_session
         self.nested = nested
         self.independent = independent
@@ -323,7 +345,7 @@ class UnitOfWork:
                 "this scope is already active: a scope object is entered once at a time; "
                 "call session_scope() (or get_db_session()) again for another block"
             )
-        owner = current_owner()
+        owner = self.owner_of()
         if not self.independent:
             units = _open.get(owner)
             if units:

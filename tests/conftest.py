@@ -18,6 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
 from flask_unified_session import dispose_engines, set_default_factory
+from flask_unified_session.asyncio import set_default_async_factory
 
 # Tables carry the pid so that two test runs sharing a server never collide.
 RUN = os.getpid()
@@ -131,5 +132,6 @@ def _fresh_engines() -> Iterator[None]:
     """Every test starts with no engine in the registry and no default factory."""
     yield
     set_default_factory(None)
+    set_default_async_factory(None)
     dispose_engines()
     gc.collect()

@@ -33,6 +33,7 @@ import pytest
 
 import flask_unified_session
 from flask_unified_session import engines as engine_registry
+from flask_unified_session.asyncio import set_default_async_factory
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -99,6 +100,7 @@ def _pages() -> list[object]:
 
 def _reset_library() -> None:
     flask_unified_session.set_default_factory(None)
+    set_default_async_factory(None)
     for record in engine_registry.known_engines():
         record.engine.dispose()  # adopted ones too: the block that made them is over
     flask_unified_session.dispose_engines()

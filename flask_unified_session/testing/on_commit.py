@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from importlib.util import find_spec
 from typing import overload
 
 from ..unit_of_work import Hook, hook_captures
 
-__all__ = ["CapturedHooks", "capture_on_commit", "captured_on_commit"]
+__all__ = ["CapturedHooks", "capture_on_commit"]
 
 log = logging.getLogger("flask_unified_session")
 
@@ -95,16 +94,3 @@ def capture_on_commit(*, execute: bool = False) -> Iterator[CapturedHooks]:
                 break
     if execute:
         captured.run()
-
-
-if find_spec("pytest") is not None:  # capture_on_commit() also serves unittest without it
-    import pytest
-
-    @pytest.fixture
-    def captured_on_commit() -> Iterator[CapturedHooks]:
-        """The test's ``on_commit`` hooks, held: inspect them, or ``.run()`` them.
-
-        Hooks left pending when the test ends are dropped.
-        """
-        with capture_on_commit() as captured:
-            yield captured

@@ -1,7 +1,6 @@
-"""Fixtures of the transaction tests: a factory on ``db_url``, and the capture fixture.
+"""Fixtures of the transaction tests: a factory on ``db_url``.
 
-``captured_on_commit`` is imported from its module here, so that these tests do not
-depend on how the pytest plugin re-exports it.
+``captured_on_commit`` comes from the plugin (the ``pytest11`` entry point).
 """
 
 from __future__ import annotations
@@ -11,10 +10,7 @@ from collections.abc import Iterator
 import pytest
 
 from flask_unified_session import SessionFactory
-from flask_unified_session.testing.on_commit import captured_on_commit
 from tests.conftest import Observer
-
-__all__ = ["captured_on_commit"]
 
 
 @pytest.fixture
