@@ -94,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
 def _display(path: Path) -> str:
     try:
         # abspath, not resolve(): a link is shown by its own name, not its target's
-        return Path(os.path.abspath(path)).relative_to(Path.cwd().resolve()).as_posix()
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(os.getcwd())).as_posix()
     except ValueError:
         return path.as_posix()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import difflib
+import multiprocessing
 import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -34,6 +35,8 @@ from flask_unified_session.tooling.units import (
     scan_units,
 )
 
+#: Below this much source, starting worker processes costs more than it saves.
+PARALLEL_FROM_BYTES = 256 * 1024
 _J = TypeVar("_J")
 _R = TypeVar("_R")
 
@@ -156,10 +159,13 @@ class _Workers:
         self, function: Callable[[_J], _R], items: Sequence[_J], sizes: Sequence[int]
     ) -> list[_R]:
         """``[function(item) for item in items]``, biggest items first across the workers."""
-        if self.workers <= 1 or len(items) < 2:
+        if self.workers <= 1 or len(items) < 2 or sum(sizes) < PARALLEL_FROM_BYTES:
             return [function(item) for item in items]
         if self._pool is None:
-            self._pool = ProcessPoolExecutor(max_workers=self.workers)
+            # spawn, not fork: forking a process that runs threads (a test runner, an IDE)
+            # can deadlock, and Python 3.12 warns about it
+            context = multiprocessing.get_context("spawn")
+            self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=context)
         # Biggest first, so that no worker is left with a large file at the end.
         order = sorted(range(len(items)), key=lambda i: -sizes[i])
         results = list(self._pool.map(function, [items[i] for i in order], chunksize=4))
