@@ -317,3 +317,20 @@ def test_cache_never_holds_rewritten_code(project: WriteProject) -> None:
     cache_dir = root / DIRECTORY_NAME
     migrate_project([(root / "jobs.py", "jobs.py")], root, Config(), False, ResultCache(cache_dir))
     assert "session_scope" not in (cache_dir / f"{FORMAT}.json").read_text(encoding="utf-8")
+
+
+def test_worker_processes_give_the_same_result(
+    project: WriteProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files spread over worker processes come out as they do in one process."""
+    escapes = (FIXTURES / "escapes" / "before.py").read_text(encoding="utf-8")
+    root = project({"a.py": SITE, "b.py": escapes, "c.py": SITE.replace("rename", "retitle")})
+    files = [(f, f.relative_to(root).as_posix()) for f in iter_python_files(root, root)]
+    serial = migrate_project(files, root, Config(), False)
+    monkeypatch.setattr(migration, "PARALLEL_FROM_BYTES", 0)
+    parallel = migrate_project(files, root, Config(), False, workers=2)
+
+    def summary(run: migration.ProjectRun) -> list[tuple[str, str, int, list[int]]]:
+        return [(o.path, o.new, o.rewritten, [s.line for s in o.left]) for o in run.outcomes]
+
+    assert summary(parallel) == summary(serial)
