@@ -15,6 +15,7 @@ __all__ = [
     "TruncateWarning",
     "UnifiedRollbackError",
     "UnifiedRollbackMixin",
+    "UnifiedRollbackWarning",
     "UnifiedTruncateMixin",
     "capture_on_commit",
     "rollback_isolation",
@@ -24,6 +25,7 @@ __all__ = [
 _WHERE = {
     "RollbackIsolation": "rollback",
     "UnifiedRollbackError": "rollback",
+    "UnifiedRollbackWarning": "rollback",
     "rollback_isolation": "rollback",
     "TruncateIsolation": "truncate",
     "TruncateWarning": "truncate",

@@ -44,7 +44,12 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["RollbackIsolation", "UnifiedRollbackError", "rollback_isolation"]
+__all__ = [
+    "RollbackIsolation",
+    "UnifiedRollbackError",
+    "UnifiedRollbackWarning",
+    "rollback_isolation",
+]
 
 OPT_OUT = "unified_rollback"
 HINT = (
@@ -57,6 +62,10 @@ LIVE, RELEASED, ROLLED_BACK = "live", "released", "rolled back"
 
 class UnifiedRollbackError(RuntimeError):
     """What the code under test did cannot behave as in production under ``unified_rollback``."""
+
+
+class UnifiedRollbackWarning(UserWarning):
+    """A connection was already in use when ``unified_rollback`` started: it is not isolated."""
 
 
 class _Savepoint:
@@ -422,6 +431,7 @@ class RollbackIsolation:
             _active.append(self)
         self._stack.callback(_active.remove, self)
         self._started = True
+        _warn_about_open_connections()
         for cls in _classes_defining(Engine, "connect"):
             self._patch(cls, "connect", _isolated_connect(cls.__dict__["connect"], self))
         for cls in _classes_defining(Engine, "raw_connection"):
@@ -530,6 +540,27 @@ class RollbackIsolation:
         connection = cls(engine, connection=database.shared)  # type: ignore[arg-type]
         connection._fus_db = database  # type: ignore[attr-defined]
         return connection
+
+
+def _warn_about_open_connections() -> None:
+    # A session or connection opened before the isolation (a fixture set up before
+    # unified_rollback) keeps a connection of its own, and its commits are real.
+    import warnings
+
+    from ..engines import known_engines
+
+    for record in known_engines():
+        checkedout = getattr(record.engine.pool, "checkedout", None)
+        if checkedout is not None and checkedout() > 0 and not _excluded(record.engine):
+            warnings.warn(
+                f"{checkedout()} connection(s) of the engine created at {record.site} were "
+                "already in use when unified_rollback started: their work is not isolated "
+                "and their commits are real. Start unified_rollback first (usefixtures, "
+                "the marker, or the first argument of the test), before fixtures that "
+                "touch the database",
+                UnifiedRollbackWarning,
+                stacklevel=4,
+            )
 
 
 def _excluded(engine: Any) -> bool:

@@ -13,6 +13,7 @@ from flask_unified_session import SessionFactory
 from flask_unified_session.testing import (
     TruncateWarning,
     UnifiedRollbackError,
+    UnifiedRollbackWarning,
     rollback_isolation,
     truncate_isolation,
 )
@@ -233,3 +234,16 @@ def test_sqlite_in_memory_is_isolated_on_its_own_connection() -> None:
     with engine.connect() as connection:
         assert connection.scalar(sa.select(sa.func.count()).select_from(User)) == 0
     engine.dispose()
+
+
+def test_a_connection_opened_before_the_isolation_is_reported(
+    factory: SessionFactory, observer: Observer
+) -> None:
+    early = factory.create_session()
+    try:
+        early.execute(sa.text("SELECT 1"))  # holds a connection of the factory's engine
+        with pytest.warns(UnifiedRollbackWarning, match="not isolated"):
+            with rollback_isolation():
+                pass
+    finally:
+        early.close()
