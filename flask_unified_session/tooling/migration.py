@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from flask_unified_session import __version__
 from flask_unified_session.tooling.cache import FORMAT, ResultCache, digest
 from flask_unified_session.tooling.codemod import FileContext, migrate_source, parse_error
 from flask_unified_session.tooling.config import Config
@@ -61,7 +60,8 @@ class ProjectRun:
 
 
 def _code_version() -> str:
-    """A hash of the tooling's own source: an edited or upgraded codemod misses the cache."""
+    """A hash of the tooling's own source: an edited or upgraded codemod misses the cache
+    (whatever the package's version says, and in an editable install too)."""
     folder = Path(__file__).parent
     parts: list[bytes] = []
     for path in sorted(folder.glob("*.py")):
@@ -69,7 +69,7 @@ def _code_version() -> str:
             parts.append(path.read_bytes())
         except OSError:
             parts.append(path.name.encode())
-    return digest(__version__, *parts)
+    return digest(*parts)
 
 
 def _fingerprint(config: Config) -> str:
