@@ -124,3 +124,13 @@ def project_run(
     finally:
         engine.dispose()
     yield run
+
+
+@pytest.fixture(autouse=True)
+def _no_connection_kept() -> Iterator[None]:
+    """The connections kept for the tests' transactions are closed after each test here,
+    so that no other test of this suite counts them."""
+    yield
+    from flask_unified_session.testing.rollback import dispose_pools
+
+    dispose_pools()
