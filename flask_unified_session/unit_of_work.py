@@ -500,13 +500,18 @@ def _run_hooks(hooks: list[Hook]) -> None:
         hook_captures[-1].extend(hooks)
         return
     for hook, robust in hooks:
-        if not robust:
-            hook()
-            continue
-        try:
-            hook()
-        except Exception:
-            log.exception("an on_commit hook failed after the commit; the others still run")
+        run_hook(hook, robust)
+
+
+def run_hook(hook: Callable[[], object], robust: bool) -> None:
+    """Run one on_commit hook: a robust one's failure is logged, any other's raised."""
+    if not robust:
+        hook()
+        return
+    try:
+        hook()
+    except Exception:
+        log.exception("an on_commit hook failed after the commit; the others still run")
 
 
 def _quietly(step: Callable[[], object], what: str) -> None:

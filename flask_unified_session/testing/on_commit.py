@@ -10,16 +10,13 @@ with :meth:`CapturedHooks.run`, or lets ``execute=True`` run them at the end of 
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import overload
 
-from ..unit_of_work import Hook, hook_captures
+from ..unit_of_work import Hook, hook_captures, run_hook
 
 __all__ = ["CapturedHooks", "capture_on_commit"]
-
-log = logging.getLogger("flask_unified_session")
 
 
 class CapturedHooks(Sequence[Callable[[], object]]):
@@ -62,13 +59,7 @@ class CapturedHooks(Sequence[Callable[[], object]]):
         while self._pending:
             hook, robust = self._pending.pop(0)
             self._ran.append(hook)
-            if not robust:
-                hook()
-                continue
-            try:
-                hook()
-            except Exception:
-                log.exception("an on_commit hook failed after the commit; the others still run")
+            run_hook(hook, robust)
 
     def clear(self) -> None:
         """Drop the pending hooks (and forget the ones that ran)."""
