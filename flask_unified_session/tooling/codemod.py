@@ -42,6 +42,7 @@ from flask_unified_session.tooling.targets import (
 )
 from flask_unified_session.tooling.units import (
     DefEntry,
+    SiteBlocks,
     bare_accessors,
     callers_index,
     def_entries,
@@ -81,6 +82,8 @@ class SessionMigrator(ScopeTracker):
         facts: ModuleFacts,
         lines: tuple[list[int], list[int]] = ([], []),
         defs: Sequence[DefEntry] = (),
+        blocks: SiteBlocks | None = None,
+        offset: int = 0,
     ) -> None:
         super().__init__()
         self.config = config
@@ -94,6 +97,10 @@ class SessionMigrator(ScopeTracker):
         self.targets: dict[str, int] = {}
         self._plain: dict[int, dict[str, str]] = {}
         self.lines = lines
+        #: file line -> the site's statement list and index in the file's ast; ``offset``
+        #: turns the segment's line numbers into the file's
+        self.blocks: SiteBlocks = blocks or {}
+        self.offset = offset
         #: defs in visit order; those without a site are not entered (libcst's traversal is
         #: the codemod's main cost), and the others' ast gives the plain locals
         self.defs = list(defs)
@@ -261,7 +268,7 @@ class SessionMigrator(ScopeTracker):
                 result.append(body[index])
                 index += 1
                 continue
-            outcome = self._rewrite(body, index, *site)
+            outcome = self._rewrite(body, index, *site, original[index])
             if isinstance(outcome, str):
                 self.left.append(LeftSite(self.display, self._line(original[index]), outcome))
                 result.append(body[index])
@@ -311,9 +318,9 @@ class SessionMigrator(ScopeTracker):
             return "the assignment is inside the try"
         return None
 
-    def _rest_reason(self, rest: Sequence[cst.BaseStatement], name: str) -> str:
+    @staticmethod
+    def _rest_reason(code: Sequence[ast.stmt], name: str) -> str:
         """Why statements after the assignment are not a ``try/finally: close()`` site."""
-        code = statements_ast(rest)
         for node in code:
             if isinstance(node, ast.Try) and any(
                 isinstance(n, ast.Call) and _ast_dotted(n.func) == f"{name}.close"
@@ -353,8 +360,24 @@ class SessionMigrator(ScopeTracker):
         key = f"{target.expr} ({target.why})"
         self.targets[key] = self.targets.get(key, 0) + 1
 
+    def _ast_after(
+        self, original: cst.BaseStatement, body: list[cst.BaseStatement], index: int
+    ) -> list[ast.stmt]:
+        """The ``ast`` of the statements after the site in its block: from the file's tree
+        when the site was located there (cheap), else printed from libcst."""
+        located = self.blocks.get(self._line(original) + self.offset)
+        if located is not None:
+            block, position = located
+            return block[position + 1 :]
+        return statements_ast(body[index + 1 :])
+
     def _rewrite(
-        self, body: list[cst.BaseStatement], index: int, name: str, manager: str
+        self,
+        body: list[cst.BaseStatement],
+        index: int,
+        name: str,
+        manager: str,
+        original: cst.BaseStatement,
     ) -> tuple[list[cst.BaseStatement], int] | str:
         reason = self._enclosing_reason(name)
         if reason:
@@ -363,22 +386,32 @@ class SessionMigrator(ScopeTracker):
         assert isinstance(assign, cst.SimpleStatementLine)
         if isinstance(assign.body[0], cst.AnnAssign):
             return "annotated assignment (rewrite it by hand)"
+        rest = self._ast_after(original, body, index)
+        for found, stmt in enumerate(rest):
+            if isinstance(stmt, ast.Try) and any(
+                is_method_stmt(s, name, "close") for s in stmt.finalbody
+            ):
+                break
+            if mentions(stmt, name):
+                return self._rest_reason(rest[found:], name)
+        else:
+            return self._rest_reason(rest, name)
+        ast_try = rest[found]
+        assert isinstance(ast_try, ast.Try)
         hoisted: list[cst.BaseStatement] = []
         position = index + 1
         while position < len(body):
-            stmt = body[position]
-            if isinstance(stmt, cst.Try) and self._closes_in_finally(stmt, name):
+            candidate = body[position]
+            if isinstance(candidate, cst.Try) and self._closes_in_finally(candidate, name):
                 break
-            if mentions(to_ast(stmt), name):
-                return self._rest_reason(body[position:], name)
-            hoisted.append(stmt)
+            hoisted.append(candidate)
             position += 1
-        else:
-            return self._rest_reason(body[index + 1 :], name)
+        if position == len(body):  # pragma: no cover - the ast and libcst views disagree
+            return "no try/finally closes the session right after it is obtained"
         try_node = body[position]
         assert isinstance(try_node, cst.Try)
         comment = assign.trailing_whitespace if assign.trailing_whitespace.comment else None
-        built = self._build(try_node, name, manager, body[position + 1 :], comment)
+        built = self._build(try_node, name, manager, comment, ast_try, rest[found + 1 :])
         if isinstance(built, str):
             return built
         first_lines = list(assign.leading_lines)
@@ -409,15 +442,18 @@ class SessionMigrator(ScopeTracker):
             is_method_stmt(code, name, "close") for stmt in final.body for code in to_ast(stmt)
         )
 
-    def _handlers(self, node: cst.Try, name: str) -> list[cst.ExceptHandler] | str:
+    def _handlers(
+        self, node: cst.Try, name: str, ast_try: ast.Try
+    ) -> list[cst.ExceptHandler] | str:
         """The try's handlers without their ``rollback()``, or why they cannot be kept."""
         handlers: list[cst.ExceptHandler] = []
-        for handler in node.handlers:
-            if handler.type is not None and mentions(expr_to_ast(handler.type), name):
+        for handler, parsed in zip(node.handlers, ast_try.handlers, strict=True):
+            if parsed.type is not None and mentions(parsed.type, name):
+                return "an except handler uses the session for more than rollback()"
+            kept = [s for s in parsed.body if not is_method_stmt(s, name, "rollback")]
+            if mentions(kept, name):
                 return "an except handler uses the session for more than rollback()"
             rest, orphans = split_calls(handler.body, name, "rollback")
-            if mentions(statements_ast(rest), name):
-                return "an except handler uses the session for more than rollback()"
             new_body = handler.body.with_changes(body=rest or [pass_line()])
             if orphans and isinstance(new_body, cst.IndentedBlock):
                 new_body = new_body.with_changes(footer=[*orphans, *new_body.footer])
@@ -429,17 +465,19 @@ class SessionMigrator(ScopeTracker):
         node: cst.Try,
         name: str,
         manager: str,
-        after: Sequence[cst.BaseStatement],
         assign_comment: cst.TrailingWhitespace | None,
+        ast_try: ast.Try,
+        after: Sequence[ast.stmt],
     ) -> cst.BaseCompoundStatement | str:
-        """The replacement of ``try`` node ``node``, or why it is not safe."""
+        """The replacement of ``try`` node ``node`` (``ast_try`` in the file's ``ast``, with
+        ``after`` the statements that follow it), or why it is not safe."""
         if not isinstance(node.body, cst.IndentedBlock):
             return "single-line try body"
         assert node.finalbody is not None
-        final_rest, _ = split_calls(node.finalbody.body, name, "close")
-        if final_rest and mentions(statements_ast(final_rest), name):
+        if mentions([s for s in ast_try.finalbody if not is_method_stmt(s, name, "close")], name):
             return "the finally uses the session for more than close()"
-        handlers = self._handlers(node, name)
+        final_rest, _ = split_calls(node.finalbody.body, name, "close")
+        handlers = self._handlers(node, name, ast_try)
         if isinstance(handlers, str):
             return handlers
         body_statements = list(node.body.body)
@@ -450,18 +488,16 @@ class SessionMigrator(ScopeTracker):
                 if isinstance(node.orelse.body, cst.IndentedBlock)
                 else []
             )
-            uses = mentions(statements_ast(else_statements), name)
+            uses = mentions(ast_try.orelse, name)
             if uses and handlers and not raise_only(handlers):
                 return "the try's else uses the session while except handlers are kept"
             if uses:
                 body_statements += else_statements
             else:
                 keep_else = node.orelse
-        block_code = statements_ast(body_statements)
+        block_code = [*ast_try.body, *(ast_try.orelse if keep_else is None else [])]
         handler_code = [
-            c
-            for h in handlers
-            for c in statements_ast(h.body.body if isinstance(h.body, cst.IndentedBlock) else [])
+            s for h in ast_try.handlers for s in h.body if not is_method_stmt(s, name, "rollback")
         ]
         reason = escape_reason(block_code + handler_code, name)
         if reason:
@@ -475,15 +511,13 @@ class SessionMigrator(ScopeTracker):
         if reason:
             return reason
         for stmt in after:
-            code = to_ast(stmt)
             if (
-                len(code) == 1
-                and isinstance(code[0], ast.Assign)
-                and any(isinstance(t, ast.Name) and t.id == name for t in code[0].targets)
-                and not mentions(code[0].value, name)
+                isinstance(stmt, ast.Assign)
+                and any(isinstance(t, ast.Name) and t.id == name for t in stmt.targets)
+                and not mentions(stmt.value, name)
             ):
                 break
-            if mentions(code, name):
+            if mentions(stmt, name):
                 return "the session is used after the try"
         target = self._choose_target(manager)
         if isinstance(target, str):
@@ -584,6 +618,7 @@ def _transform(
     offset: int,
     sites: tuple[list[int], list[int]],
     defs: list[DefEntry],
+    blocks: SiteBlocks,
 ) -> _Piece | None:
     """Run the migrator on ``text``: a whole file, or top-level statements starting at line
     ``offset + 1`` holding ``sites`` and ``defs`` (file lines); None when libcst fails."""
@@ -594,7 +629,9 @@ def _transform(
     local = ([line - offset for line in sites[0]], [line - offset for line in sites[1]])
     clear_memo()
     try:
-        migrator: SessionMigrator = SessionMigrator(config, display, context, facts, local, defs)
+        migrator: SessionMigrator = SessionMigrator(
+            config, display, context, facts, local, defs, blocks, offset
+        )
         new_module = module.visit(migrator)
         if not migrator.numbering_matches():  # pragma: no cover - a safety net
             migrator = PositionedMigrator(config, display, context, facts)
@@ -631,7 +668,8 @@ def migrate_source(
         units = scan_units(tree, config)
         context = FileContext(True, needs_independence(units, callers_index([units])))
     facts = module_facts(tree)
-    legacy, async_sites = site_lines(tree, config)
+    blocks: SiteBlocks = {}
+    legacy, async_sites = site_lines(tree, config, blocks)
     if not legacy and not async_sites:
         return outcome
     lines = _split_lines(source)
@@ -660,6 +698,7 @@ def migrate_source(
             start - 1,
             inside,
             [entry for entry in defs if start <= entry.node.lineno <= end],
+            blocks,
         )
         if piece is None:
             outcome.error = parse_error(source, display)

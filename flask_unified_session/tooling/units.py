@@ -184,12 +184,19 @@ def needs_independence(units: FileUnits, callers: dict[str, set[str]]) -> frozen
     return frozenset(name for name in units.boundary if callers.get(name, set()) - {name})
 
 
-def site_lines(tree: ast.Module, config: Config) -> tuple[list[int], list[int]]:
+SiteBlocks = dict[int, tuple[list[ast.stmt], int]]
+
+
+def site_lines(
+    tree: ast.Module, config: Config, blocks: SiteBlocks | None = None
+) -> tuple[list[int], list[int]]:
     """Lines of the legacy sites and of the async-with sites, in source order.
 
     A legacy site counts only alone on its line and not in a one-line suite, exactly as the
     codemod sees it; the codemod numbers the sites it meets in the same order, so it needs
-    no position metadata (which costs libcst a full code generation).
+    no position metadata (which costs libcst a full code generation). ``blocks``, when
+    given, receives each legacy site's statement list and index (line -> (list, index)):
+    the codemod's analysis reads the file's ``ast`` there instead of printing libcst nodes.
     """
     legacy: list[int] = []
     async_sites: list[int] = []
@@ -206,6 +213,8 @@ def site_lines(tree: ast.Module, config: Config) -> tuple[list[int], list[int]]:
                 )
                 if alone:
                     legacy.append(stmt.lineno)
+                    if blocks is not None:
+                        blocks[stmt.lineno] = (block, index)
         if isinstance(node, ast.AsyncWith) and len(node.items) == 1:
             call = node.items[0].context_expr
             if (
