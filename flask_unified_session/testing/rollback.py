@@ -292,10 +292,9 @@ def _logical_connection_class() -> type[Connection]:
     class LogicalConnection(Connection):
         _fus_db: _Database
         _fus_root: _Savepoint | None = None
-        _fus_current: _Savepoint | None = None
 
         def _begin_impl(self, transaction: Any) -> None:
-            self._fus_root = self._fus_current = self._fus_db.begin(self)
+            self._fus_root = self._fus_db.begin(self)
 
         def _commit_impl(self) -> None:
             root, self._fus_root = self._fus_root, None
@@ -309,7 +308,6 @@ def _logical_connection_class() -> type[Connection]:
 
         def _savepoint_impl(self, name: str | None = None) -> str:
             savepoint = self._fus_db.begin(self, self._fus_root)
-            self._fus_current = savepoint
             return savepoint.name if name is None else self._alias(name, savepoint)
 
         def _alias(self, name: str, savepoint: _Savepoint) -> str:
