@@ -1,8 +1,23 @@
-"""W4: the bench apps under waitress (threads) on 127.0.0.1, loaded from a second process.
+"""W4: a logged-in Flask-Login app under waitress (8 threads) against PostgreSQL.
 
-One app (and so one engine, one pool, one ``application_name``) per candidate; the
-server's connections are counted by polling ``pg_stat_activity`` on a connection of its
-own while the load runs.
+The app is the same for every candidate: Flask-SQLAlchemy, ``UnifiedSession(app, db=db)``
+and Flask-Login, whose user loader reads the member through ``db.session``. Every request
+is a logged-in ``POST`` (``@login_required``) that updates one row of the users table and
+the logged-in member's ``hits`` (``current_user``, an object of the request's session);
+only the route's way of writing differs:
+
+* ``flask_sqlalchemy db.session``: the work on ``db.session``, then ``db.session.commit()``
+  (the reference);
+* ``get_db_session()``: ``with current_app.unified_session_manager.get_db_session() as s:``;
+* ``request manager session_scope()``: ``with current_app.request_session_manager.session_scope()``.
+
+One app instance (and so one engine, one pool, one ``application_name``) per candidate,
+each served by waitress on 127.0.0.1 with ``threads`` threads and loaded from a second
+process (``benchmarks.loadgen``: each client thread logs in as its own member first, then
+sends keep-alive requests with the session cookie). The server's connections of that
+``application_name`` are counted by polling ``pg_stat_activity`` on a connection of its
+own while the load runs: more than one connection per request would show as more than
+``threads``.
 """
 
 from __future__ import annotations
@@ -16,19 +31,95 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import sqlalchemy as sa
-from flask import Flask
+from flask import Flask, current_app
+from flask_login import LoginManager, UserMixin, current_user, login_required, login_user
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 from waitress.server import create_server
 
-from .common import PID, ROWS, median
-from .units import make_app
+from flask_unified_session import UnifiedSession
+
+from .common import PID, ROWS, Base, User, median
 
 CANDIDATES = {
-    "sqlalchemy (floor)": "sqlalchemy",
     "flask_sqlalchemy db.session": "flask_sqlalchemy",
     "get_db_session()": "get_db_session",
     "request manager session_scope()": "request_manager",
 }
+REFERENCE = "flask_sqlalchemy db.session"
+MEMBERS = 64
+
+
+class Member(Base, UserMixin):
+    """The logged-in accounts (Flask-Login's users)."""
+
+    __tablename__ = f"bench_members_{PID}"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(80))
+    hits: Mapped[int] = mapped_column(default=0)
+
+
+def create_members(engine: sa.Engine) -> None:
+    """``MEMBERS`` accounts (the table is made by :func:`common.create_schema`)."""
+    with engine.begin() as connection:
+        connection.execute(
+            sa.insert(Member),
+            [{"id": i, "name": f"member{i}", "hits": 0} for i in range(1, MEMBERS + 1)],
+        )
+
+
+def make_login_app(url: str, application_name: str) -> tuple[Flask, SQLAlchemy]:
+    """The logged-in app: Flask-SQLAlchemy's defaults (pool 5 + 10), the extension, Login."""
+    app = Flask(f"bench_login_{application_name}")
+    app.config["SECRET_KEY"] = "bench-only-not-a-secret"
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {
+        "connect_args": {"application_name": application_name}
+    }
+    db = SQLAlchemy()
+    db.init_app(app)
+    UnifiedSession(app, db=db)
+    login = LoginManager(app)
+
+    @login.user_loader
+    def load_member(member_id: str) -> Member | None:
+        return db.session.get(Member, int(member_id))
+
+    @app.post("/login/<int:member_id>")
+    def log_in(member_id: int) -> str:
+        member = db.session.get(Member, member_id)
+        if member is None:
+            return "no such member", 404  # type: ignore[return-value]
+        login_user(member)
+        return "ok"
+
+    @app.post("/flask_sqlalchemy/<int:user_id>")
+    @login_required
+    def fsa(user_id: int) -> str:
+        db.session.get(User, user_id).counter += 1  # type: ignore[union-attr]
+        current_user.hits += 1
+        db.session.commit()
+        return "ok"
+
+    @app.post("/get_db_session/<int:user_id>")
+    @login_required
+    def uow(user_id: int) -> str:
+        with current_app.unified_session_manager.get_db_session() as session:  # type: ignore[attr-defined]
+            session.get(User, user_id).counter += 1
+            current_user.hits += 1
+        return "ok"
+
+    @app.post("/request_manager/<int:user_id>")
+    @login_required
+    def request_manager(user_id: int) -> str:
+        with current_app.request_session_manager.session_scope() as session:  # type: ignore[attr-defined]
+            session.get(User, user_id).counter += 1
+            current_user.hits += 1
+        return "ok"
+
+    return app, db
 
 
 @dataclass
@@ -99,23 +190,26 @@ class Poller:
 def run_load(
     url: str, *, rounds: int, requests: int, seconds: float, threads: int, concurrency: int
 ) -> tuple[dict[str, LoadResult], dict[str, int]]:
-    apps: dict[str, tuple[Flask, Any, Server]] = {}
+    """Rounds of every candidate in turn (the order rotates), one load run each."""
+    apps: dict[str, tuple[Flask, SQLAlchemy, Server]] = {}
     results: dict[str, LoadResult] = {}
     try:
         for name, prefix in CANDIDATES.items():
             application_name = f"fus_bench_{PID}_{prefix}"[:63]
-            app, db = make_app(url, application_name)
+            app, db = make_login_app(url, application_name)
             apps[name] = (app, db, Server(app, threads))
             results[name] = LoadResult(name, application_name)
-        with apps[next(iter(apps))][0].app_context():
-            pool = apps[next(iter(apps))][1].engine.pool
+        first_app, first_db, _ = apps[REFERENCE]
+        with first_app.app_context():
+            pool: Any = first_db.engine.pool
             limits = {
                 "threads": threads,
+                "concurrency": concurrency,
                 "pool_size": pool.size(),
                 "max_overflow": pool._max_overflow,
             }
         for name in CANDIDATES:  # warm up: connect, fill caches
-            _generate(apps[name][2].port, CANDIDATES[name], 200, seconds, concurrency)
+            _generate(apps[name][2].port, CANDIDATES[name], 400, seconds, concurrency)
         for r in range(rounds):
             names = list(CANDIDATES)
             names = names[r % len(names) :] + names[: r % len(names)]
@@ -153,6 +247,10 @@ def _generate(port: int, prefix: str, requests: int, seconds: float, concurrency
         str(port),
         "--path",
         f"/{prefix}/",
+        "--login",
+        "/login/",
+        "--accounts",
+        str(MEMBERS),
         "--requests",
         str(requests),
         "--seconds",

@@ -1,17 +1,28 @@
-"""W1 (unit of work), W2 (read-only) and W3 (a Flask route through the WSGI app).
+"""W1 (a unit that updates one row), W2 (a read-only unit) and W3 (a Flask route).
 
-All candidates share one engine per backend (the one Flask-SQLAlchemy creates for the
-bench app, with the library's default pool options), so the figures compare the session
-layers and nothing else:
+Every candidate runs **in a Flask app context**, on **its own engine with its own
+defaults**, the way an application would use it:
 
-* ``sqlalchemy``: ``sessionmaker.begin()``, the floor;
-* ``flask_sqlalchemy``: ``db.session`` then ``commit()`` and ``remove()``, in an app context;
-* ``session_scope()``: the package function outside Flask (the default factory, adopting
-  the same engine);
-* ``get_db_session()``: ``app.unified_session_manager.get_db_session()``, in an app context;
-* ``request manager``: ``app.request_session_manager.session_scope()``, in an app context
-  (the request's session: committed per block, closed at teardown, so W1/W2 leave it open);
-* ``mixin``: ``SessionServiceMixin.db_session()``, in an app context.
+* ``sqlalchemy (floor)``: a Flask app without any extension and its own
+  ``create_engine(url)`` (SQLAlchemy's defaults: pool 5 + 10, no pre-ping); a unit is
+  ``with Session.begin() as session:`` (a ``sessionmaker``), which opens, commits and
+  closes a session;
+* ``flask_sqlalchemy db.session``: an app with ``SQLAlchemy()`` only (its defaults); a unit
+  is the work on ``db.session`` then ``db.session.commit()`` (W2 commits too, as every other
+  candidate's unit does); ``db.session`` is removed at app-context teardown;
+* the library on a Flask-SQLAlchemy app (``UnifiedSession(app, db=db)``, Flask-SQLAlchemy's
+  engine and defaults): ``get_db_session()``, ``request_session_manager.session_scope()``,
+  the mixin's ``db_session()`` and the package's ``session_scope()``, each a ``with`` block
+  on the app context's one session (``db.session``'s), committed at the block's exit and
+  closed at teardown;
+* ``get_db_session() [own engine]``: ``UnifiedSession(app)`` without Flask-SQLAlchemy, on
+  the library's own engine and defaults (idle pre-ping, connect timeout, pool 5 + 10);
+* ``session_scope() outside Flask`` (informational): the same factory's ``session_scope()``
+  with no app context (a session opened and closed per unit).
+
+A "request" is one app context pushed and popped around ``per_context`` units (default 1:
+the common request that does one unit of work); its push, pop and teardown are part of the
+measured time of every candidate, each with its own app's teardown.
 """
 
 from __future__ import annotations
@@ -35,12 +46,21 @@ from flask_unified_session import (
     SessionServiceMixin,
     UnifiedSession,
     session_scope,
-    set_default_factory,
 )
+from flask_unified_session.extension import get_state
 
 from .common import ROWS, User, median
 
 Batch = Callable[[list[int]], None]
+
+FLOOR = "sqlalchemy (floor)"
+FSA = "flask_sqlalchemy db.session"
+UOW = "get_db_session()"
+UOW_OWN = "get_db_session() [own engine]"
+RSM = "request manager session_scope()"
+MIXIN = "mixin db_session()"
+SCOPE = "session_scope() in app context"
+SCOPE_OUT = "session_scope() outside Flask"
 
 
 @dataclass
@@ -71,171 +91,265 @@ class Service(SessionServiceMixin):
             session.get(User, user_id)
 
 
-def engine_options(url: str, application_name: str | None = None) -> dict[str, Any]:
-    """The library's defaults (pre-ping on, 5 + 10), for every candidate alike."""
-    options: dict[str, Any] = {"pool_pre_ping": True}
-    if url.startswith("sqlite"):
-        options["connect_args"] = {"check_same_thread": False}
-    else:
-        options.update(pool_size=5, max_overflow=10, pool_timeout=30)
-        if application_name and url.startswith("postgresql"):
-            options["connect_args"] = {"application_name": application_name}
-    return options
-
-
 def _sqlite_no_sync(dbapi_connection: Any, _record: Any) -> None:
     dbapi_connection.execute("PRAGMA synchronous=OFF")
 
 
+def no_fsync(engine: sa.Engine) -> None:
+    """SQLite only: no fsync per commit, on every candidate's engine alike.
+
+    The disk's latency (about 1 ms and very uneven here) would drown what is measured.
+    """
+    if engine.url.get_backend_name() == "sqlite":
+        sa.event.listen(engine, "connect", _sqlite_no_sync)
+
+
+@dataclass
+class Bench:
+    """The candidates' apps and engines for one database URL."""
+
+    url: str
+    floor_app: Flask
+    floor_engine: sa.Engine
+    Session: sessionmaker[Any]
+    fsa_app: Flask
+    fsa_db: SQLAlchemy
+    app: Flask  # Flask-SQLAlchemy + UnifiedSession(db=db)
+    db: SQLAlchemy
+    own_app: Flask  # UnifiedSession(app), the library's own engine
+    own_engine: sa.Engine
+    factory: SessionFactory  # own_app's factory, used outside Flask too
+    service: Service
+    w3_errors: dict[str, int] = field(default_factory=lambda: {"count": 0})
+
+    def engines(self) -> list[sa.Engine]:
+        with self.fsa_app.app_context():
+            fsa_engine = self.fsa_db.engine
+        with self.app.app_context():
+            engine = self.db.engine
+        return [self.floor_engine, fsa_engine, engine, self.own_engine]
+
+    def dispose(self) -> None:
+        for engine in self.engines():
+            engine.dispose()
+
+
+def _routes(app: Flask, **views: Callable[[int], str]) -> None:
+    for prefix, view in views.items():
+        app.add_url_rule(f"/{prefix}/<int:user_id>", prefix, view, methods=["POST"])
+
+
+def build(url: str) -> Bench:
+    """Every candidate's app, each on its own engine (none connects yet)."""
+    # The library's engine first: a factory made later would adopt (share) the
+    # Flask-SQLAlchemy engine of the same database, by design.
+    own_app = Flask("bench_own_engine")
+    own_app.config["UNIFIED_SESSION_DATABASE_URL"] = url
+    UnifiedSession(own_app)
+    # The same factory outside an app context (one engine per database per process).
+    factory: SessionFactory = get_state(own_app).factory
+    own_engine = factory.engine
+
+    floor_app = Flask("bench_floor")
+    floor_engine = sa.create_engine(url)
+    Session = sessionmaker(floor_engine)
+
+    fsa_app = Flask("bench_fsa")
+    fsa_app.config["SQLALCHEMY_DATABASE_URI"] = url
+    fsa_db = SQLAlchemy()
+    fsa_db.init_app(fsa_app)
+
+    app = Flask("bench_fsa_unified")
+    app.config["SQLALCHEMY_DATABASE_URI"] = url
+    db = SQLAlchemy()
+    db.init_app(app)
+    UnifiedSession(app, db=db)
+
+    bench = Bench(
+        url=url,
+        floor_app=floor_app,
+        floor_engine=floor_engine,
+        Session=Session,
+        fsa_app=fsa_app,
+        fsa_db=fsa_db,
+        app=app,
+        db=db,
+        own_app=own_app,
+        own_engine=own_engine,
+        factory=factory,
+        service=Service(),
+    )
+    engines = bench.engines()
+    assert len({id(e) for e in engines}) == len(engines), "candidates must not share an engine"
+    for engine in engines:
+        no_fsync(engine)
+    _add_w3_routes(bench)
+    return bench
+
+
+def _add_w3_routes(bench: Bench) -> None:
+    Session, fsa_db, service = bench.Session, bench.fsa_db, bench.service
+
+    def plain(user_id: int) -> str:
+        with Session.begin() as session:
+            session.get(User, user_id).counter += 1
+        return "ok"
+
+    def fsa(user_id: int) -> str:
+        fsa_db.session.get(User, user_id).counter += 1  # type: ignore[union-attr]
+        fsa_db.session.commit()
+        return "ok"
+
+    def uow(user_id: int) -> str:
+        with current_app.unified_session_manager.get_db_session() as session:  # type: ignore[attr-defined]
+            session.get(User, user_id).counter += 1
+        return "ok"
+
+    def request_manager(user_id: int) -> str:
+        with current_app.request_session_manager.session_scope() as session:  # type: ignore[attr-defined]
+            session.get(User, user_id).counter += 1
+        return "ok"
+
+    def scope(user_id: int) -> str:
+        with session_scope() as session:
+            session.get(User, user_id).counter += 1  # type: ignore[union-attr]
+        return "ok"
+
+    def mixin(user_id: int) -> str:
+        service.touch(user_id)
+        return "ok"
+
+    _routes(bench.floor_app, sqlalchemy=plain)
+    _routes(bench.fsa_app, flask_sqlalchemy=fsa)
+    _routes(
+        bench.app,
+        get_db_session=uow,
+        request_manager=request_manager,
+        session_scope=scope,
+        mixin=mixin,
+    )
+    _routes(bench.own_app, get_db_session=uow)
+
+
+def engine_options(url: str, application_name: str | None = None) -> dict[str, Any]:
+    """Engine options for :func:`make_app`: thread-shared SQLite, an application_name."""
+    options: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        options["connect_args"] = {"check_same_thread": False}
+    elif application_name and url.startswith("postgresql"):
+        options["connect_args"] = {"application_name": application_name}
+    return options
+
+
 def make_app(url: str, application_name: str | None = None) -> tuple[Flask, SQLAlchemy]:
-    """A Flask app with Flask-SQLAlchemy and the extension adopting its engine."""
+    """A Flask-SQLAlchemy app with the extension adopting its engine (memory.py)."""
     app = Flask(f"bench_{application_name or 'app'}")
     app.config["SQLALCHEMY_DATABASE_URI"] = url
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(url, application_name)
     db = SQLAlchemy()
     db.init_app(app)
     UnifiedSession(app, db=db)
-    service = Service()
-
     with app.app_context():
-        Session = sessionmaker(db.engine)
-        if url.startswith("sqlite"):
-            # No fsync per commit: the disk's latency would drown the session layers' cost,
-            # which is what is measured (every candidate shares this engine).
-            sa.event.listen(db.engine, "connect", _sqlite_no_sync)
-
-    # W3's routes: the same work (W1) through each entry point.
-    @app.post("/sqlalchemy/<int:user_id>")
-    def plain(user_id: int) -> str:
-        with Session.begin() as session:
-            session.get(User, user_id).counter += 1  # type: ignore[union-attr]
-        return "ok"
-
-    @app.post("/flask_sqlalchemy/<int:user_id>")
-    def fsa(user_id: int) -> str:
-        db.session.get(User, user_id).counter += 1  # type: ignore[union-attr]
-        db.session.commit()
-        return "ok"
-
-    @app.post("/session_scope/<int:user_id>")
-    def scope(user_id: int) -> str:
-        with session_scope() as session:
-            session.get(User, user_id).counter += 1  # type: ignore[union-attr]
-        return "ok"
-
-    @app.post("/get_db_session/<int:user_id>")
-    def uow(user_id: int) -> str:
-        with current_app.unified_session_manager.get_db_session() as session:  # type: ignore[attr-defined]
-            session.get(User, user_id).counter += 1
-        return "ok"
-
-    @app.post("/request_manager/<int:user_id>")
-    def request_manager(user_id: int) -> str:
-        with current_app.request_session_manager.session_scope() as session:  # type: ignore[attr-defined]
-            session.get(User, user_id).counter += 1
-        return "ok"
-
-    @app.post("/mixin/<int:user_id>")
-    def mixin(user_id: int) -> str:
-        service.touch(user_id)
-        return "ok"
-
-    app.extensions["bench"] = {"Session": Session, "service": service}
+        no_fsync(db.engine)
     return app, db
 
 
 # -- W1 / W2 ---------------------------------------------------------------------------
 
 
-def unit_candidates(app: Flask, db: SQLAlchemy, *, write: bool) -> dict[str, Batch]:
-    Session = app.extensions["bench"]["Session"]
-    service: Service = app.extensions["bench"]["service"]
-    with app.app_context():
-        set_default_factory(SessionFactory(engine=db.engine))
-    uow = app.unified_session_manager  # type: ignore[attr-defined]
-    rsm = app.request_session_manager  # type: ignore[attr-defined]
+def _in_contexts(app: Flask, per_context: int, unit: Callable[[int], None]) -> Batch:
+    """A batch: ``per_context`` units per app context (a "request"), contexts in a row."""
 
-    def plain(ids: list[int]) -> None:
+    def batch(ids: list[int]) -> None:
+        for start in range(0, len(ids), per_context):
+            with app.app_context():
+                for i in ids[start : start + per_context]:
+                    unit(i)
+
+    return batch
+
+
+def unit_candidates(bench: Bench, *, write: bool, per_context: int = 1) -> dict[str, Batch]:
+    Session, fsa_db, service, factory = bench.Session, bench.fsa_db, bench.service, bench.factory
+    uow = bench.app.unified_session_manager  # type: ignore[attr-defined]
+    rsm = bench.app.request_session_manager  # type: ignore[attr-defined]
+    own = bench.own_app.unified_session_manager  # type: ignore[attr-defined]
+
+    def plain(i: int) -> None:
+        with Session.begin() as session:
+            user = session.get(User, i)
+            if write:
+                user.counter += 1
+
+    def fsa(i: int) -> None:
+        user = fsa_db.session.get(User, i)
+        if write:
+            user.counter += 1  # type: ignore[union-attr]
+        fsa_db.session.commit()
+
+    def get_db_session(i: int) -> None:
+        with uow.get_db_session() as session:
+            user = session.get(User, i)
+            if write:
+                user.counter += 1
+
+    def own_get_db_session(i: int) -> None:
+        with own.get_db_session() as session:
+            user = session.get(User, i)
+            if write:
+                user.counter += 1
+
+    def request_manager(i: int) -> None:
+        with rsm.session_scope() as session:
+            user = session.get(User, i)
+            if write:
+                user.counter += 1
+
+    def mixin(i: int) -> None:
+        if write:
+            service.touch(i)
+        else:
+            service.read(i)
+
+    def scope(i: int) -> None:
+        with session_scope() as session:
+            user = session.get(User, i)
+            if write:
+                user.counter += 1  # type: ignore[union-attr]
+
+    def scope_outside(ids: list[int]) -> None:
         for i in ids:
-            with Session.begin() as session:
+            with factory.session_scope() as session:
                 user = session.get(User, i)
                 if write:
-                    user.counter += 1
-
-    def fsa(ids: list[int]) -> None:
-        with app.app_context():
-            for i in ids:
-                user = db.session.get(User, i)
-                if write:
                     user.counter += 1  # type: ignore[union-attr]
-                    db.session.commit()
-                db.session.remove()
-
-    def scope(ids: list[int]) -> None:
-        for i in ids:
-            with session_scope() as session:
-                user = session.get(User, i)
-                if write:
-                    user.counter += 1  # type: ignore[union-attr]
-
-    def get_db_session(ids: list[int]) -> None:
-        with app.app_context():
-            for i in ids:
-                with uow.get_db_session() as session:
-                    user = session.get(User, i)
-                    if write:
-                        user.counter += 1
-
-    def request_manager(ids: list[int]) -> None:
-        with app.app_context():
-            for i in ids:
-                with rsm.session_scope() as session:
-                    user = session.get(User, i)
-                    if write:
-                        user.counter += 1
-
-    def mixin(ids: list[int]) -> None:
-        with app.app_context():
-            for i in ids:
-                if write:
-                    service.touch(i)
-                else:
-                    service.read(i)
 
     return {
-        "sqlalchemy (floor)": plain,
-        "flask_sqlalchemy db.session": fsa,
-        "session_scope()": scope,
-        "get_db_session()": get_db_session,
-        "request manager session_scope()": request_manager,
-        "mixin db_session()": mixin,
+        FLOOR: _in_contexts(bench.floor_app, per_context, plain),
+        FSA: _in_contexts(bench.fsa_app, per_context, fsa),
+        UOW: _in_contexts(bench.app, per_context, get_db_session),
+        UOW_OWN: _in_contexts(bench.own_app, per_context, own_get_db_session),
+        RSM: _in_contexts(bench.app, per_context, request_manager),
+        MIXIN: _in_contexts(bench.app, per_context, mixin),
+        SCOPE: _in_contexts(bench.app, per_context, scope),
+        SCOPE_OUT: scope_outside,
     }
 
 
 # -- W3 --------------------------------------------------------------------------------
 
-W3_ROUTES = {
-    "sqlalchemy (floor)": "sqlalchemy",
-    "flask_sqlalchemy db.session": "flask_sqlalchemy",
-    "session_scope()": "session_scope",
-    "get_db_session()": "get_db_session",
-    "request manager session_scope()": "request_manager",
-    "mixin db_session()": "mixin",
-}
 
-
-def route_candidates(app: Flask) -> dict[str, Batch]:
+def route_candidates(bench: Bench) -> dict[str, Batch]:
     """Each route called as a WSGI application with a prepared environ (no test client)."""
     base = EnvironBuilder(path="/", method="POST", base_url="http://bench.local/").get_environ()
     status: list[str] = []
+    errors = bench.w3_errors
 
     def start_response(s: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         status.append(s)
         return None
 
-    errors = {"count": 0}
-
-    def make(prefix: str) -> Batch:
+    def make(app: Flask, prefix: str) -> Batch:
         def batch(ids: list[int]) -> None:
             for i in ids:
                 environ = dict(base)
@@ -252,9 +366,15 @@ def route_candidates(app: Flask) -> dict[str, Batch]:
 
         return batch
 
-    candidates = {name: make(prefix) for name, prefix in W3_ROUTES.items()}
-    app.extensions["bench"]["w3_errors"] = errors
-    return candidates
+    return {
+        FLOOR: make(bench.floor_app, "sqlalchemy"),
+        FSA: make(bench.fsa_app, "flask_sqlalchemy"),
+        UOW: make(bench.app, "get_db_session"),
+        UOW_OWN: make(bench.own_app, "get_db_session"),
+        RSM: make(bench.app, "request_manager"),
+        MIXIN: make(bench.app, "mixin"),
+        "session_scope()": make(bench.app, "session_scope"),
+    }
 
 
 # -- the interleaved runner ------------------------------------------------------------
