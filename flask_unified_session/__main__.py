@@ -4,4 +4,5 @@ import sys
 
 from flask_unified_session.tooling.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":
+    sys.exit(main())
