@@ -45,7 +45,7 @@ except ImportError as _missing:  # pragma: no cover - depends on the installatio
         "(or 'flask-unified-session[asyncio]')"
     ) from _missing
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.ext.asyncio import async_session as _async_session_of
@@ -64,7 +64,15 @@ from .engines import (
 )
 from .replicas import PRIMARY, ReplicaSet, _begin_read_only, routing_to_primary
 from .session_factory import existing_default_factory
-from .unit_of_work import DoomedTransactionError, UnitOfWork, _quietly, task_owner
+from .unit_of_work import (
+    DoomedTransactionError,
+    UnitOfWork,
+    _live,
+    _open,
+    _quietly,
+    current_owner,
+    task_owner,
+)
 
 __all__ = [
     "AsyncLazyLoadError",
@@ -388,6 +396,215 @@ class AsyncUnitOfWork:
             self._session = None
 
 
+# -- readonly units: read replicas --------------------------------------------------------
+
+_PRIMARY_LSN = text("SELECT pg_current_wal_lsn()::text")
+# Sessions of factories with replicas that committed: their outermost unit reads the
+# primary's WAL position at its end.
+_committed: weakref.WeakSet[Session] = weakref.WeakSet()
+
+
+@functools.cache
+def _readonly_sync_class(base: type[Session]) -> type[Session]:
+    cls = type(f"ReadOnly{base.__name__}", (base,), {})
+    event.listen(cls, "after_begin", _begin_read_only)
+    return cls
+
+
+def _install_replicas(factory: AsyncSessionFactory, settings: Settings) -> None:
+    # The ReplicaSet checks replicas and reads the primary's position with sync engines
+    # (in a worker thread); the units themselves run on async engines of the loop.
+    primary, _owned = engine_for(settings)
+    replicas = ReplicaSet.from_settings(settings, primary)
+    assert replicas is not None
+    factory.replicas = replicas
+    factory._replica_engines = _AsyncReplicaEngines(replicas, settings)
+    base = factory.session_options["sync_session_class"]
+    tracked = type(f"Replicated{base.__name__}", (base,), {})
+
+    def note_commit(session: Session) -> None:
+        # No SQL here (SQLAlchemy forbids it in after_commit). A commit outside a unit
+        # (a session of create_async_session() or of the generator) makes the position
+        # unknown for its owner: readonly units use the primary for a while. A unit's
+        # own commit is recorded with its position at the unit's end.
+        if "readonly" not in session.info and not routing_to_primary():
+            _committed.add(session)
+            replicas.record_lsn(current_owner(), None)
+
+    event.listen(tracked, "after_commit", note_commit)
+    factory.session_options["sync_session_class"] = tracked
+
+
+class _AsyncReplicaEngines:
+    """An async engine per replica and event loop, from the replica's URL with the async
+    driver of the primary's async URL and the primary's pool settings."""
+
+    def __init__(self, replicas: ReplicaSet, settings: Settings) -> None:
+        driver = settings.async_url.drivername
+        self._settings: dict[str, tuple[Settings, tuple[str, str]]] = {}
+        for replica in replicas.replicas:
+            replica_settings = dataclasses.replace(
+                settings,
+                url=replica.url,
+                database_async_url=replica.url.set(drivername=driver),
+                replica_urls=(),
+                source="a replica URL",
+            )
+            self._settings[replica.label] = (replica_settings, _settings_key(replica_settings))
+
+    def engine(self, label: str) -> AsyncEngine:
+        replica_settings, key = self._settings[label]
+        return async_engine_for(replica_settings, _key=key)
+
+    async def dispose(self) -> None:
+        loop = asyncio.get_running_loop()
+        for _settings, key in self._settings.values():
+            record = _by_key.get((key[0], key[1], id(loop)))
+            if record is not None:
+                await record.engine.dispose()
+
+
+async def _begun(factory: AsyncSessionFactory, engine: AsyncEngine, label: str) -> AsyncSession:
+    options = dict(factory.session_options)
+    options["sync_session_class"] = _readonly_sync_class(options["sync_session_class"])
+    session = factory.session_class(bind=engine, **options)
+    session.sync_session.info.update(server=label, readonly=True)
+    try:
+        # Connect and begin now: a replica that is gone is skipped here, not in the block.
+        await session.connection()
+    except BaseException:
+        await _shielded(_quietly, session.sync_session.close, "closing the session")
+        raise
+    return session
+
+
+async def _open_readonly(factory: AsyncSessionFactory) -> AsyncSession:
+    if routing_to_primary():
+        session = factory._new_session()
+        session.sync_session.info.update(server=PRIMARY, readonly=True)
+        return session
+    replicas, engines = factory.replicas, factory._replica_engines
+    if replicas is None or engines is None:
+        return await _begun(factory, factory.get_engine(), PRIMARY)
+    owner = current_owner()
+    for _attempt in replicas.replicas:
+        # Blocking checks (and the wait for the owner's last commit) in a worker thread.
+        _engine, label = await asyncio.to_thread(replicas.choose, owner)
+        replica = replicas.replica_for(label)
+        if replica is None:  # the primary: its failure is the unit's error
+            break
+        try:
+            return await _begun(factory, engines.engine(label), label)
+        except Exception as exc:
+            replicas.fail(replica, exc)
+    return await _begun(factory, factory.get_engine(), PRIMARY)
+
+
+class AsyncReadonlyUnit(AsyncUnitOfWork):
+    """``session_scope(readonly=True)``: its own read-only session on a replica (or the
+    primary); joins an open primary unit of the same factory and owner instead, and a
+    readonly unit inside a readonly unit joins it (see :mod:`flask_unified_session.replicas`).
+    """
+
+    __slots__ = ("_prepared",)
+
+    def __init__(
+        self, factory: AsyncSessionFactory, *, nested: bool = False, independent: bool = False
+    ) -> None:
+        super().__init__(factory, nested=nested, independent=independent)
+        self._unit.key = ("readonly", factory)
+        self._unit.open_session = self._take_prepared
+        self._prepared: AsyncSession | None = None
+
+    def _take_prepared(self) -> Session:
+        session, self._prepared = self._prepared, None
+        assert session is not None
+        self._session = session
+        return session.sync_session
+
+    async def __aenter__(self) -> AsyncSession:
+        unit = self._unit
+        if unit._transaction is not None:
+            return await super().__aenter__()  # refused: already active
+        if not unit.independent:
+            units = _open.get(unit.owner_of())
+            if units:
+                if _live(units.get(unit.key)) is not None:
+                    return await super().__aenter__()  # joins the readonly unit
+                primary = _live(units.get(self._factory))
+                if primary is not None:
+                    return await self._join_primary(primary)
+        self._prepared = await _open_readonly(self._factory)
+        try:
+            return await super().__aenter__()
+        except BaseException:
+            prepared, self._prepared = self._prepared, None
+            if prepared is not None:  # not taken: the unit never opened
+                await _shielded(_quietly, prepared.sync_session.close, "closing the session")
+            raise
+
+    async def _join_primary(self, primary: Any) -> AsyncSession:
+        unit = self._unit
+        if unit.nested:
+            sync_session = await greenlet_spawn(unit._join, primary)  # a SAVEPOINT is I/O
+        else:
+            sync_session = unit._join(primary)
+        session = _async_session_of(sync_session)
+        if session is None:  # pragma: no cover - the opening unit holds it
+            raise RuntimeError("the unit's AsyncSession is gone")
+        return session
+
+
+class AsyncPrimaryUnit(AsyncUnitOfWork):
+    """A default unit of a factory with replicas: says ``server="primary"`` and, at the
+    end of an outermost unit that committed, records the primary's WAL position for its
+    owner (read-your-writes)."""
+
+    __slots__ = ()
+
+    def __init__(
+        self, factory: AsyncSessionFactory, *, nested: bool = False, independent: bool = False
+    ) -> None:
+        super().__init__(factory, nested=nested, independent=independent)
+        self._unit._context = functools.partial(_primary_context, factory.context_provider)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        session = None if self._unit._joined else self._session
+        try:
+            await super().__aexit__(exc_type, exc, tb)
+        finally:
+            if session is not None and session.sync_session in _committed:
+                _committed.discard(session.sync_session)
+                await _record_position(self._factory, current_owner())
+
+
+def _primary_context(provider: Callable[[], Mapping[str, Any]] | None) -> Mapping[str, Any]:
+    if provider is None:
+        return {"server": PRIMARY}
+    return {"server": PRIMARY, **provider()}
+
+
+async def _record_position(factory: AsyncSessionFactory, owner: object) -> None:
+    replicas = factory.replicas
+    assert replicas is not None
+    # Unknown until read: a read that fails or is cancelled errs towards the primary.
+    replicas.record_lsn(owner, None)
+    if not replicas.primary_postgresql:
+        return
+    try:
+        async with factory.get_engine().connect() as connection:
+            lsn = (await connection.execute(_PRIMARY_LSN)).scalar()
+    except Exception:
+        log.warning("reading the primary's WAL position failed", exc_info=True)
+        return
+    replicas.record_lsn(owner, lsn)
+
+
 # -- the factory -------------------------------------------------------------------------
 
 
@@ -442,6 +659,11 @@ class AsyncSessionFactory:
         self.signal_sender: object = self
         #: called when a unit of work opens or joins; its mapping goes into ``session.info``
         self.context_provider: Callable[[], Mapping[str, Any]] | None = None
+        #: the read replicas (``settings.replica_urls``) for ``readonly=True`` units, or None
+        self.replicas: ReplicaSet | None = None
+        self._replica_engines: _AsyncReplicaEngines | None = None
+        if settings is not None and settings.replica_urls:
+            _install_replicas(self, settings)
 
     @classmethod
     def from_env(
@@ -484,9 +706,17 @@ class AsyncSessionFactory:
         return self._new_session()
 
     def async_session_scope(
-        self, nested: bool = False, independent: bool = False
+        self, nested: bool = False, independent: bool = False, readonly: bool = False
     ) -> AsyncUnitOfWork:
-        """An async unit of work: commit on success, roll back on error, always close."""
+        """An async unit of work: commit on success, roll back on error, always close.
+
+        ``readonly=True``: its own session on a replica (or the primary) in a read-only
+        transaction; see :mod:`flask_unified_session.replicas`.
+        """
+        if readonly:
+            return AsyncReadonlyUnit(self, nested=nested, independent=independent)
+        if self.replicas is not None:
+            return AsyncPrimaryUnit(self, nested=nested, independent=independent)
         return AsyncUnitOfWork(self, nested=nested, independent=independent)
 
     session_scope = async_session_scope
@@ -510,6 +740,10 @@ class AsyncSessionFactory:
         """Close the pooled connections of this loop's owned engine (it reconnects on use)."""
         if self.owns_engine:
             await self.get_engine().dispose()
+        if self._replica_engines is not None:
+            await self._replica_engines.dispose()
+        if self.replicas is not None:
+            self.replicas.dispose()
 
 
 # -- the default factory and the module-level functions ---------------------------------
@@ -542,9 +776,14 @@ def set_default_async_factory(factory: AsyncSessionFactory | None) -> None:
         _default = factory
 
 
-def async_session_scope(nested: bool = False, independent: bool = False) -> AsyncUnitOfWork:
-    """An async unit of work on the default async factory."""
-    return get_default_async_factory().async_session_scope(nested=nested, independent=independent)
+def async_session_scope(
+    nested: bool = False, independent: bool = False, readonly: bool = False
+) -> AsyncUnitOfWork:
+    """An async unit of work on the default async factory (``readonly=True``: on a
+    replica, see :meth:`AsyncSessionFactory.async_session_scope`)."""
+    return get_default_async_factory().async_session_scope(
+        nested=nested, independent=independent, readonly=readonly
+    )
 
 
 def create_async_session() -> AsyncSession:

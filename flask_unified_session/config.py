@@ -29,6 +29,7 @@ __all__ = [
     "ConfigurationError",
     "Settings",
     "display_url",
+    "read_replica_settings",
     "redact_text",
     "redact_url",
     "to_bool",
@@ -85,6 +86,13 @@ _CONNECT_TIMEOUT_ARG = {
 }
 
 PGBOUNCER_MODES = ("transaction",)
+
+#: Seconds a readonly unit waits, in all, for a replica to replay its owner's last commit.
+DEFAULT_REPLICA_WAIT = 2.0
+#: Seconds of replication lag past which a replica is skipped.
+DEFAULT_REPLICA_MAX_LAG = 30.0
+#: Seconds a skipped replica is left alone before one unit tries it again.
+DEFAULT_REPLICA_RETRY_AFTER = 5.0
 
 
 class ConfigurationError(ValueError):
@@ -237,6 +245,13 @@ class Settings:
     replica_urls: tuple[URL, ...] = ()
     #: ``"transaction"`` behind PgBouncer in transaction pooling mode, else ``None``
     pgbouncer: str | None = None
+    #: seconds a readonly unit waits for a replica to replay its owner's last commit
+    #: before it runs on the primary (0: never waits)
+    replica_wait: float = DEFAULT_REPLICA_WAIT
+    #: seconds of replication lag past which a replica is skipped
+    replica_max_lag: float = DEFAULT_REPLICA_MAX_LAG
+    #: seconds before a skipped (down or lagging) replica is tried again
+    replica_retry_after: float = DEFAULT_REPLICA_RETRY_AFTER
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -259,8 +274,9 @@ class Settings:
         of ``async_url_keys`` (default ``DATABASE_ASYNC_URL`` for the ``DB_`` prefix, else
         ``{prefix}DATABASE_ASYNC_URL``). The other settings are ``{prefix}`` followed by
         ``ECHO``, ``POOL_SIZE``, ``MAX_OVERFLOW``, ``POOL_TIMEOUT``, ``POOL_RECYCLE``,
-        ``POOL_PRE_PING``, ``POOL_PRE_PING_IDLE``, ``CONNECT_TIMEOUT``, ``REPLICA_URLS``
-        and ``PGBOUNCER``. Errors name the key and never show a secret of the URL.
+        ``POOL_PRE_PING``, ``POOL_PRE_PING_IDLE``, ``CONNECT_TIMEOUT``, ``PGBOUNCER`` and
+        the replica settings of :func:`read_replica_settings`. Errors name the key and
+        never show a secret of the URL.
         """
         url_key = _first_set(mapping, url_keys)
         if url_key is None:
@@ -439,10 +455,38 @@ def _read_values(
             value = read(key, raw)
             check = _CHECKS.get(name)
             values[name] = check(key, value) if check else value
+    values.update(read_replica_settings(mapping, url, prefix=prefix))
+    return values
+
+
+# The replica bounds, all seconds.
+_REPLICA_SECONDS = ("replica_wait", "replica_max_lag", "replica_retry_after")
+
+
+def read_replica_settings(
+    mapping: Mapping[str, Any], primary: URL, *, prefix: str = "DB_"
+) -> dict[str, Any]:
+    """The replica settings given in ``mapping``, read and checked as :class:`Settings`
+    reads them, by :class:`Settings` field name.
+
+    ``{prefix}REPLICA_URLS`` (comma-separated, or a sequence of URLs; each the same kind
+    of database as ``primary``) becomes ``replica_urls``; ``{prefix}REPLICA_WAIT``,
+    ``{prefix}REPLICA_MAX_LAG`` and ``{prefix}REPLICA_RETRY_AFTER`` (seconds) become
+    ``replica_wait``, ``replica_max_lag`` and ``replica_retry_after``. Keys absent or empty
+    are left out (their defaults apply). Errors name the key. For apps whose primary
+    engine is not the library's (``init_app(app, db=db)``), which have no
+    :class:`Settings`.
+    """
+    values: dict[str, Any] = {}
     replicas_key = prefix + "REPLICA_URLS"
     raw_replicas = mapping.get(replicas_key)
     if raw_replicas not in (None, ""):
-        values["replica_urls"] = _read_replicas(replicas_key, raw_replicas, url)
+        values["replica_urls"] = _read_replicas(replicas_key, raw_replicas, primary)
+    for name in _REPLICA_SECONDS:
+        key = prefix + name.upper()
+        raw = mapping.get(key)
+        if raw is not None and raw != "":
+            values[name] = _CHECKS[name](key, _to_float(key, raw))
     return values
 
 
@@ -538,6 +582,9 @@ _CHECKS: dict[str, Any] = {
     "pool_pre_ping_idle": _seconds(allow_zero=True, hint="; 0 pings every checkout"),
     "pool_recycle": _check_recycle,
     "pgbouncer": _check_pgbouncer,
+    "replica_wait": _seconds(allow_zero=True, hint="; 0 never waits for a replica"),
+    "replica_max_lag": _seconds(allow_zero=False),
+    "replica_retry_after": _seconds(allow_zero=False),
 }
 
 

@@ -8,6 +8,9 @@ Configuration precedence, stated once:
   context every unit of work runs on ``db.session``'s session, with its settings.
   ``UNIFIED_SESSION_EXPIRE_ON_COMMIT`` (default ``False``) applies to the sessions the
   library opens itself (``independent=True``, outside an app context).
+  ``UNIFIED_SESSION_REPLICA_URLS`` and ``UNIFIED_SESSION_REPLICA_*`` are read here too
+  (replicas of the default engine's database; ``db.session`` commits count for
+  read-your-writes).
 * without ``db``: the URL is the first set of ``UNIFIED_SESSION_DATABASE_URL``,
   ``SQLALCHEMY_DATABASE_URI`` and ``DATABASE_URL`` in ``app.config``, then ``DATABASE_URL``
   in the environment; pool settings are ``UNIFIED_SESSION_POOL_SIZE``,
@@ -37,9 +40,10 @@ from sqlalchemy.orm import Session
 from . import session_factory as _factory_module
 from . import unit_of_work as _unit_of_work_module
 from .cli import unified_session_group
-from .config import ConfigurationError, Settings, to_bool
+from .config import ConfigurationError, Settings, read_replica_settings, to_bool
 from .engines import register_engine
 from .managers import COMMIT_MODES, RequestSessionManager, UnitOfWorkManager
+from .replicas import ReplicaSet
 from .session_factory import SessionFactory
 from .state import EXTENSION_KEY, UnifiedSessionState, get_state
 
@@ -206,11 +210,32 @@ def _adopt_flask_sqlalchemy(
     if len(engines) > 1:
         # Binds: Flask-SQLAlchemy's own Session class routes models with __bind_key__ to
         # their engines, as db.session does (it looks them up through current_app).
-        return SessionFactory(engine=default, class_=maker.class_, **options), engines
-    # One engine: a plain Session bound to it routes the same way, without the per-query
-    # current_app look-up, and also works in a thread that has no app context.
-    options.pop("db", None)
-    return SessionFactory(engine=default, **options), engines
+        factory = SessionFactory(engine=default, class_=maker.class_, **options)
+    else:
+        # One engine: a plain Session bound to it routes the same way, without the
+        # per-query current_app look-up, and also works in a thread without app context.
+        options.pop("db", None)
+        factory = SessionFactory(engine=default, **options)
+    _adopt_replicas(app, factory, maker)
+    return factory, engines
+
+
+def _adopt_replicas(app: Flask, factory: SessionFactory, maker: Any) -> None:
+    # Replicas of the default engine's database, from UNIFIED_SESSION_REPLICA_URLS and
+    # the REPLICA_* bounds (not engine options of the primary: allowed beside db=). Their
+    # engines are the library's, with its default pool settings. db.session's commits
+    # count for read-your-writes as much as the factory's own sessions' do.
+    values = read_replica_settings(app.config, factory.engine.url, prefix="UNIFIED_SESSION_")
+    urls = values.pop("replica_urls", ())
+    if not urls:
+        return
+    factory.replicas = ReplicaSet(
+        urls,
+        primary=factory.engine,
+        **{name.removeprefix("replica_"): value for name, value in values.items()},
+    )
+    factory.replicas.watch(factory.sessionmaker)
+    factory.replicas.watch(maker)
 
 
 def _expire_on_commit(app: Flask) -> bool:

@@ -55,7 +55,14 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.orm import Session, SessionTransaction, sessionmaker
 
-from .config import Settings, display_url, redact_url
+from .config import (
+    DEFAULT_REPLICA_MAX_LAG,
+    DEFAULT_REPLICA_RETRY_AFTER,
+    DEFAULT_REPLICA_WAIT,
+    Settings,
+    display_url,
+    redact_url,
+)
 from .engines import engine_for
 from .unit_of_work import UnitOfWork, _live, _open, current_owner
 
@@ -78,12 +85,14 @@ __all__ = [
 
 log = logging.getLogger("flask_unified_session")
 
-#: Seconds a readonly unit waits for a replica to replay its owner's last commit.
-DEFAULT_WAIT = 2.0
-#: Seconds of replication lag past which a replica is skipped.
-DEFAULT_MAX_LAG = 30.0
-#: Seconds a skipped replica is left alone before one unit tries it again.
-DEFAULT_RETRY_AFTER = 5.0
+#: Seconds a readonly unit waits for a replica to replay its owner's last commit
+#: (``DB_REPLICA_WAIT``).
+DEFAULT_WAIT = DEFAULT_REPLICA_WAIT
+#: Seconds of replication lag past which a replica is skipped (``DB_REPLICA_MAX_LAG``).
+DEFAULT_MAX_LAG = DEFAULT_REPLICA_MAX_LAG
+#: Seconds a skipped replica is left alone before one unit tries it again
+#: (``DB_REPLICA_RETRY_AFTER``).
+DEFAULT_RETRY_AFTER = DEFAULT_REPLICA_RETRY_AFTER
 #: Seconds between two lag checks of one replica.
 DEFAULT_CHECK_INTERVAL = 1.0
 
@@ -253,7 +262,8 @@ class ReplicaSet:
         """The replicas of ``settings.replica_urls`` (``None`` if there are none).
 
         The bounds are ``settings.replica_wait``, ``replica_max_lag`` and
-        ``replica_retry_after`` when the settings have them, else the module defaults.
+        ``replica_retry_after`` (``DB_REPLICA_WAIT``, ``DB_REPLICA_MAX_LAG``,
+        ``DB_REPLICA_RETRY_AFTER``).
         """
         if settings is None or not settings.replica_urls:
             return None
@@ -261,9 +271,9 @@ class ReplicaSet:
             settings.replica_urls,
             primary=primary,
             settings=settings,
-            wait=getattr(settings, "replica_wait", DEFAULT_WAIT),
-            max_lag=getattr(settings, "replica_max_lag", DEFAULT_MAX_LAG),
-            retry_after=getattr(settings, "replica_retry_after", DEFAULT_RETRY_AFTER),
+            wait=settings.replica_wait,
+            max_lag=settings.replica_max_lag,
+            retry_after=settings.replica_retry_after,
         )
 
     def __repr__(self) -> str:
@@ -310,6 +320,25 @@ class ReplicaSet:
         except Exception:
             # Unknown: the owner's readonly units use the primary for a while (see choose).
             log.warning("reading the primary's WAL position failed", exc_info=True)
+
+    def record_lsn(self, owner: object, lsn: int | str | None) -> None:
+        """Note a commit of ``owner`` on the primary at WAL position ``lsn``.
+
+        For code that reads ``pg_current_wal_lsn()`` itself after its commit (the async
+        units, which cannot block on the sync primary engine). ``lsn`` is an integer or
+        PostgreSQL's text form (``'0/D1DE348'``); ``None`` means the position is unknown:
+        the owner's readonly units then run on the primary for up to ``max_lag`` seconds.
+        Record ``None`` before reading the position, then the position, so that a read
+        that fails or is cancelled errs towards the primary.
+        """
+        position = parse_lsn(lsn) if isinstance(lsn, str) else lsn
+        token = self._tokens.get(owner)
+        if token is None:
+            token = self._tokens[owner] = _Token()
+        token.pending = False
+        token.lsn = position
+        if position is None:
+            token.committed_at = time.monotonic()
 
     def last_commit(self, owner: object | None = None) -> int | None:
         """The WAL position ``owner`` (default: the current one) must see, or ``None``."""

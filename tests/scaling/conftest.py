@@ -7,7 +7,8 @@ start it; under ``CI`` that is a failure, never a skip.
 
 Every look here goes through connections of its own (``NullPool``), never the library's.
 A test that changes a server (an apply delay, a stopped replica) puts it back, even when
-it fails.
+it fails, and holds a session advisory lock on the primary meanwhile: test runs that
+share these servers (a developer's and CI's) change the replica one at a time.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import pytest
@@ -89,8 +90,47 @@ class Primary(Server):
         return str(self.scalar("SELECT pg_current_wal_lsn()::text"))
 
 
+# pg_advisory_lock key of a change to the replica ("fus" "replica").
+REPLICA_CHANGE_LOCK = 0x66757372_65706C
+
+
 class Replica(Server):
     """The streaming replica, with the means to lag it and to stop it, and to put it back."""
+
+    def __init__(self, url: str, primary_url: str | None = None) -> None:
+        super().__init__(url)
+        self.primary_url = primary_url
+
+    @contextmanager
+    def _changing(self) -> Iterator[None]:
+        """One change of the replica at a time across the test runs on these servers."""
+        if self.primary_url is None:
+            yield
+            return
+        engine = sa.create_engine(
+            self.primary_url,
+            poolclass=NullPool,
+            isolation_level="AUTOCOMMIT",
+            connect_args={"connect_timeout": 3},
+        )
+        try:
+            with engine.connect() as connection:
+                connection.execute(sa.text("SET lock_timeout = '120s'"))
+                connection.execute(
+                    sa.text("SELECT pg_advisory_lock(:key)"), {"key": REPLICA_CHANGE_LOCK}
+                )
+                try:
+                    yield
+                finally:
+                    # A connection lost meanwhile (a fault test restarted the primary) took
+                    # the lock with it.
+                    with suppress(sa.exc.DBAPIError):
+                        connection.execute(
+                            sa.text("SELECT pg_advisory_unlock(:key)"),
+                            {"key": REPLICA_CHANGE_LOCK},
+                        )
+        finally:
+            engine.dispose()
 
     def replayed(self, lsn: str) -> bool:
         return bool(self.scalar("SELECT pg_last_wal_replay_lsn() >= CAST(:lsn AS pg_lsn)", lsn=lsn))
@@ -142,14 +182,15 @@ class Replica(Server):
         ``value`` as ``SHOW`` spells it (``'1500ms'``, ``'2s'``): the block starts once the
         replica shows it.
         """
-        before = self.scalar("SHOW recovery_min_apply_delay")
-        self._set_apply_delay(value)
-        try:
-            self._wait_setting(value)
-            yield
-        finally:
-            self._set_apply_delay(None if before == "0" else str(before))
-            self._wait_setting(str(before))
+        with self._changing():
+            before = self.scalar("SHOW recovery_min_apply_delay")
+            self._set_apply_delay(value)
+            try:
+                self._wait_setting(value)
+                yield
+            finally:
+                self._set_apply_delay(None if before == "0" else str(before))
+                self._wait_setting(str(before))
 
     def cluster(self) -> tuple[str, str]:
         """``('15', 'replica')``: Debian's version and name of the cluster."""
@@ -163,12 +204,13 @@ class Replica(Server):
             _skip_or_fail("stopping the replica needs pg_ctlcluster, as root or postgres")
         version, name = self.cluster()
         command = ["pg_ctlcluster", "--skip-systemctl-redirect", version, name]
-        subprocess.run([*command, "stop", "-m", "fast"], check=True, timeout=60)
-        try:
-            yield
-        finally:
-            subprocess.run([*command, "start"], check=True, timeout=60)
-            self.wait_streaming()
+        with self._changing():
+            subprocess.run([*command, "stop", "-m", "fast"], check=True, timeout=60)
+            try:
+                yield
+            finally:
+                subprocess.run([*command, "start"], check=True, timeout=60)
+                self.wait_streaming()
 
 
 def _postgres_uid() -> int:
@@ -209,7 +251,7 @@ def replica(replica_url: str, primary_url: str) -> Iterator[Replica]:
     A replica whose primary was just restarted (the long fault tests do that) reconnects
     within a few seconds: it gets them before it counts as absent.
     """
-    server = Replica(replica_url)
+    server = Replica(replica_url, primary_url)
     try:
         server.wait_streaming(timeout=15)
     except AssertionError:

@@ -283,6 +283,67 @@ def test_a_stopped_replica_falls_back_to_the_primary_with_one_warning_then_retur
         factory.dispose()
 
 
+def test_a_replica_lagging_past_the_bound_is_skipped_with_one_warning_then_used_again(
+    primary_url: str, replica_url: str, primary: Primary, replica: Replica, replicated_table: str
+) -> None:
+    settings = Settings(
+        url=sa.make_url(primary_url),
+        replica_urls=(sa.make_url(replica_url),),
+        replica_max_lag=0.5,
+        replica_retry_after=0.3,
+    )
+    lagging = SessionFactory(settings=settings)
+    assert lagging.replicas is not None
+    assert (lagging.replicas.max_lag, lagging.replicas.retry_after) == (0.5, 0.3)
+    lagging.replicas.check_interval = 0.05
+
+    def server() -> str:
+        with lagging.session_scope(readonly=True) as session:
+            session.execute(sa.text("SELECT 1"))
+            return str(session.info["server"])
+
+    label = "replica 127.0.0.1:5433"
+
+    def until_on_the_replica(timeout: float) -> float:
+        # Other runs on these servers may lag the replica too: give them time to end.
+        started = time.monotonic()
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            while server() != label:
+                assert time.monotonic() - started < timeout, "the replica was not used again"
+                time.sleep(0.05)
+        return time.monotonic() - started
+
+    try:
+        until_on_the_replica(15)
+        servers: list[str] = []
+        with replica.apply_delay("2s"):
+            # Another owner's write: nobody here waits for it, but the replica falls behind.
+            primary.execute(f"INSERT INTO {replicated_table} (note) VALUES ('late')")
+            lsn = primary.wal_lsn()
+            time.sleep(0.6)  # past the 0.5 s bound
+            with pytest.warns(ReplicaUnavailableWarning) as caught:
+                for _ in range(10):
+                    servers.append(server())
+                    time.sleep(0.05)
+            still_behind = not replica.replayed(lsn)
+        messages = [str(w.message) for w in caught]
+        assert len(messages) == 1, messages
+        assert f"{label} is lagging" in messages[0] and "(over 0.5 s)" in messages[0]
+        assert still_behind  # the whole run fell within the 2 s delay
+        # One check over the bound is a strike; the second in a row skips the replica (the
+        # first unit may already be skipped if the check before the delay saw a lag too).
+        assert servers[1:] == ["primary"] * 9 and servers[0] in (label, "primary"), servers
+        assert lagging.replicas.stats["primary: no replica"] >= 9
+        # Caught up (the delay is gone): a probe after retry_after uses it again.
+        replica.wait_for_replay(lsn)
+        time.sleep(0.35)
+        assert until_on_the_replica(15) < 15
+        assert lagging.replicas.replicas[0].state == "ok"
+    finally:
+        lagging.dispose()
+
+
 # -- a load run ------------------------------------------------------------------------------
 
 
