@@ -41,6 +41,7 @@ docs: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
+	$(BIN)/python -m benchmarks.plugin_overhead
 
 soak: $(STAMP)
 	FUS_SOAK=1 $(BIN)/pytest -m reliability tests/reliability

@@ -119,11 +119,16 @@ def engine_for(settings: Settings) -> tuple[Engine, bool]:
 
 
 def register_engine(engine: Engine) -> None:
-    """Record an engine created elsewhere (adopted): reported if it duplicates another."""
+    """Record an engine created elsewhere (adopted): reported if it duplicates another.
+
+    Once nobody holds it, its pooled connections are closed too (a factory that shared it
+    may have opened them): a dropped engine never leaves an open socket to be collected.
+    """
     with _lock:
         if id(engine) in _records:
             return
         pair = _record(engine, owned=False)
+        _dispose_when_unreferenced(engine)
     _report_duplicate(engine, pair)
 
 
@@ -264,7 +269,7 @@ def _forget_id(engine_id: int) -> None:
 
 
 def _dispose_when_unreferenced(engine: Engine) -> None:
-    # The library's own engine closes its pooled connections (and SQLite files) as soon as
+    # A recorded engine closes its pooled connections (and SQLite files) as soon as
     # nothing holds it. The finalizer may reference neither the engine nor its pool (the
     # pool's listeners reference the engine, and a finalizer's arguments are held for
     # ever): it keeps the raw DBAPI connections the pool has open, which reference neither.

@@ -8,7 +8,7 @@ import pytest
 import sqlalchemy as sa
 
 from flask_unified_session import SessionFactory, on_commit
-from flask_unified_session.pytest_plugin import RollbackIsolation
+from flask_unified_session.testing import RollbackIsolation
 from flask_unified_session.testing.on_commit import CapturedHooks, capture_on_commit
 from tests.conftest import Observer, User
 
