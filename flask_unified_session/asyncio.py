@@ -488,8 +488,12 @@ async def _open_readonly(factory: AsyncSessionFactory) -> AsyncSession:
         return await _begun(factory, factory.get_engine(), PRIMARY)
     owner = current_owner()
     for _attempt in replicas.replicas:
-        # Blocking checks (and the wait for the owner's last commit) in a worker thread.
-        _engine, label = await asyncio.to_thread(replicas.choose, owner)
+        ready = replicas.choose_nowait(owner)
+        if ready is None:
+            # Blocking checks (or the wait for the owner's last commit): in a worker thread.
+            _engine, label = await asyncio.to_thread(replicas.choose, owner)
+        else:
+            label = ready
         replica = replicas.replica_for(label)
         if replica is None:  # the primary: its failure is the unit's error
             break

@@ -41,7 +41,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import itertools
 import logging
 import threading
 import time
@@ -253,7 +252,7 @@ class ReplicaSet:
         #: units by server label, fallbacks and waits: for tests and the docs' figures
         self.stats: Counter[str] = Counter()
         self._lock = threading.Lock()
-        self._turn = itertools.count()
+        self._turn = 0
         self._tokens: weakref.WeakKeyDictionary[object, _Token] = weakref.WeakKeyDictionary()
         self._watched: weakref.WeakSet[Any] = weakref.WeakSet()
 
@@ -385,6 +384,46 @@ class ReplicaSet:
                 connection.close()
         return self._on_primary("behind" if needed is not None else "no replica")
 
+    def choose_nowait(self, owner: object) -> str | None:
+        """The label :meth:`choose` would give ``owner`` now, if finding it takes no I/O
+        and no wait; else ``None`` (then call :meth:`choose`, which may block).
+
+        No I/O: no commit of the owner whose position is unknown or not yet seen
+        replayed, and the replica next in turn is in rotation and was checked less than
+        ``check_interval`` seconds ago (or every replica is out and none is due for a
+        retry: the primary). For async code, which runs :meth:`choose` in a thread only
+        when this gives ``None``.
+        """
+        now = time.monotonic()
+        needed: int | None = None
+        token = self._tokens.get(owner)
+        if token is not None:
+            if token.pending:
+                return None
+            needed = token.lsn
+            if needed is None and now - token.committed_at < self.max_lag:
+                return self._on_primary("unknown position")[1]
+        with self._lock:
+            count = len(self.replicas)
+            start = self._turn % count
+            chosen: Replica | None = None
+            for replica in (*self.replicas[start:], *self.replicas[:start]):
+                if replica.state != _OK:
+                    if now >= replica.retry_at:
+                        return None  # a retry is due: choose() probes it
+                    continue
+                if now - replica.checked_at >= self.check_interval:
+                    return None
+                if needed is not None and (not replica.postgresql or needed > replica.replayed):
+                    return None
+                chosen = replica
+                break
+            self._turn += 1
+            if chosen is not None:
+                self.stats[chosen.label] += 1
+                return chosen.label
+        return self._on_primary("behind" if needed is not None else "no replica")[1]
+
     def _on_primary(self, why: str) -> tuple[Engine, str, None]:
         with self._lock:
             self.stats[PRIMARY] += 1
@@ -394,7 +433,8 @@ class ReplicaSet:
     def _candidates(self, now: float) -> list[tuple[Replica, bool]]:
         with self._lock:
             count = len(self.replicas)
-            start = next(self._turn) % count
+            start = self._turn % count
+            self._turn += 1
             chosen = []
             for replica in (*self.replicas[start:], *self.replicas[:start]):
                 if replica.state == _OK:

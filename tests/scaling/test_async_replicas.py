@@ -80,6 +80,29 @@ def test_an_async_readonly_unit_runs_on_the_replica_and_a_default_one_on_the_pri
     ]
 
 
+def test_a_replica_checked_recently_is_chosen_without_a_worker_thread(
+    afactory: AsyncSessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    threads: list[Any] = []
+    to_thread = asyncio.to_thread
+
+    async def counted(func: Any, /, *args: Any, **kwargs: Any) -> Any:
+        threads.append(func)
+        return await to_thread(func, *args, **kwargs)
+
+    monkeypatch.setattr(asyncio, "to_thread", counted)
+
+    async def main() -> list[str]:
+        servers = []
+        for _ in range(5):
+            async with afactory.session_scope(readonly=True) as session:
+                servers.append(session.info["server"])
+        return servers
+
+    assert run(main()) == ["replica 127.0.0.1:5433"] * 5
+    assert len(threads) == 1  # the first unit's check; then within the check interval
+
+
 def test_an_insert_in_an_async_readonly_unit_raises(
     afactory: AsyncSessionFactory, replicated_table: str
 ) -> None:
