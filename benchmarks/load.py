@@ -273,3 +273,45 @@ def summarize(results: dict[str, LoadResult]) -> dict[str, dict[str, float]]:
         }
         for name, r in results.items()
     }
+
+
+def expired_user_cost(url: str, *, number: int = 300) -> dict[str, float]:
+    """An empty ``get_db_session()`` in a logged-in request whose session has committed.
+
+    After a commit, ``db.session`` (``expire_on_commit=True``, Flask-SQLAlchemy's default)
+    has expired ``current_user``; the unit's user context reads its id. Returns the
+    statements one such unit sends and its time, and the time of the same unit in an
+    anonymous request (µs, best of several runs).
+    """
+    import timeit
+
+    app, db = make_login_app(url, f"fus_bench_{PID}_user_context")
+    with app.app_context():
+        engine = db.engine
+    statements: list[str] = []
+
+    def count(_c: Any, _cur: Any, statement: str, *_args: Any) -> None:
+        statements.append(statement)
+
+    manager = app.unified_session_manager  # type: ignore[attr-defined]
+
+    def empty_unit() -> None:
+        with manager.get_db_session():
+            pass
+
+    try:
+        with app.test_request_context("/get_db_session/1", method="POST"):
+            login_user(db.session.get(Member, 1))
+            db.session.commit()
+            sa.event.listen(engine, "before_cursor_execute", count)
+            empty_unit()
+            sa.event.remove(engine, "before_cursor_execute", count)
+            sent = len(statements)
+            logged_in = min(timeit.repeat(empty_unit, number=number, repeat=5)) / number * 1e6
+        with app.test_request_context("/get_db_session/1", method="POST"):
+            db.session.get(Member, 1)
+            db.session.commit()
+            anonymous = min(timeit.repeat(empty_unit, number=number, repeat=5)) / number * 1e6
+    finally:
+        engine.dispose()
+    return {"statements": sent, "logged_in_us": logged_in, "anonymous_us": anonymous}

@@ -142,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
                                 report,
                                 args.per_context,
                             )
+                    if "units" in sections:
+                        _breakdown(bench, backend, report)
                     if "routes" in sections:
                         candidates = units.route_candidates(bench)
                         results = units.run_interleaved(
@@ -331,6 +333,7 @@ def _load(url: str, size: dict[str, Any], report: dict[str, Any]) -> list[tuple[
     create_schema(schema_engine)
     load.create_members(schema_engine)
     try:
+        expired = load.expired_user_cost(url)
         results, limits = load.run_load(
             url,
             rounds=size["load_rounds"],
@@ -421,6 +424,12 @@ def _load(url: str, size: dict[str, Any], report: dict[str, Any]) -> list[tuple[
         f"\nrows updated (all runs and warm-ups): users {written[0]:,}, members' hits "
         f"{written[1]:,}\n"
     )
+    print(
+        "An empty `get_db_session()` in a logged-in request after a commit (current_user "
+        f"expired): {expired['statements']:.0f} statement(s), {expired['logged_in_us']:,.1f} "
+        f"µs; in an anonymous request: {expired['anonymous_us']:,.1f} µs\n"
+    )
+    report["user context after a commit"] = expired
     targets.append(
         (
             "W4 logged in: every request's two writes committed together",
@@ -430,6 +439,17 @@ def _load(url: str, size: dict[str, Any], report: dict[str, Any]) -> list[tuple[
     )
     report["W4"] = {"summary": summary, "limits": limits}
     return targets
+
+
+def _breakdown(bench: units.Bench, backend: str, report: dict[str, Any]) -> None:
+    parts = units.breakdown(bench)
+    print(
+        f"## Where a unit's time goes — {backend} (each part alone, best of 9 interleaved "
+        "timings)\n"
+    )
+    print(table(["part", "µs"], [(name, f"{us:+.1f}") for name, us in parts]))
+    print()
+    report[f"breakdown {backend}"] = dict(parts)
 
 
 def _imports(runs: int, report: dict[str, Any]) -> list[tuple[str, str, str]]:

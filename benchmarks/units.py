@@ -442,3 +442,115 @@ def run_paired(
         name: (statistics.median(cpu) * 1e6, statistics.median(wall) * 1e6)
         for name, (cpu, wall) in diffs.items()
     }
+
+
+# -- where the overhead goes ------------------------------------------------------------
+
+
+def _best_of(
+    variants: dict[str, Callable[[], object]], number: int, repeat: int = 9
+) -> dict[str, float]:
+    """µs per call of each variant: the minimum over ``repeat`` interleaved timings."""
+    import timeit
+
+    best = {name: float("inf") for name in variants}
+    for fn in variants.values():
+        fn()
+    for _ in range(repeat):
+        for name, fn in variants.items():
+            best[name] = min(best[name], timeit.timeit(fn, number=number) / number * 1e6)
+    return best
+
+
+def breakdown(bench: Bench) -> list[tuple[str, float]]:
+    """The parts of a unit's cost, each measured alone (no statement unless stated)."""
+    from sqlalchemy.orm import Session
+
+    from flask_unified_session.session_factory import _tracked_class
+
+    uow = bench.app.unified_session_manager  # type: ignore[attr-defined]
+    factory = get_state(bench.app).factory
+
+    def empty_unit() -> None:
+        with uow.get_db_session():
+            pass
+
+    def in_context(app: Flask, fn: Callable[[], object] | None = None) -> Callable[[], None]:
+        def run() -> None:
+            with app.app_context():
+                if fn is not None:
+                    fn()
+
+        return run
+
+    with bench.app.app_context():
+        bench.db.session()
+        inner = _best_of(
+            {
+                "protocol": empty_unit,
+                "context": factory.context_provider,  # type: ignore[dict-item]
+                "lookup": factory.context_session,  # type: ignore[dict-item]
+            },
+            20_000,
+        )
+    plain = sessionmaker(bench.own_engine, expire_on_commit=False)
+    tracked = sessionmaker(bench.own_engine, expire_on_commit=False, class_=_tracked_class(Session))
+    reader_commit, reader_rollback = bench.Session(), bench.Session()
+
+    def read_commit() -> None:
+        reader_commit.get(User, 5)
+        reader_commit.commit()
+
+    def read_rollback() -> None:
+        reader_rollback.get(User, 5)
+        reader_rollback.rollback()
+
+    outer = _best_of(
+        {
+            "fsa ctx": in_context(bench.fsa_app),
+            "fsa+u ctx": in_context(bench.app),
+            "fsa+u session": in_context(bench.app, bench.db.session),
+            "fsa+u first unit": in_context(bench.app, empty_unit),
+            "floor checkout": lambda: bench.floor_engine.connect().close(),
+            "own checkout": lambda: bench.own_engine.connect().close(),
+            "plain session": lambda: plain().close(),
+            "tracked session": lambda: tracked().close(),
+            "guarded session": lambda: bench.factory.create_session().close(),
+        },
+        3_000,
+    )
+    reads = _best_of({"commit": read_commit, "rollback": read_rollback}, 500)
+    reader_commit.close()
+    reader_rollback.close()
+    return [
+        (
+            "unit protocol, app context's session already open (enter + exit, no statement)",
+            inner["protocol"],
+        ),
+        ("of which the user context (session.info) in an app context", inner["context"]),
+        ("of which finding the app context's session (db.session)", inner["lookup"]),
+        (
+            "first unit in a fresh app context, over creating db.session there",
+            outer["fsa+u first unit"] - outer["fsa+u session"],
+        ),
+        (
+            "the extension's teardown function (push + pop, over Flask-SQLAlchemy alone)",
+            outer["fsa+u ctx"] - outer["fsa ctx"],
+        ),
+        (
+            "idle pre-ping listeners, per checkout + checkin (library engine over plain)",
+            outer["own checkout"] - outer["floor checkout"],
+        ),
+        (
+            "TrackedSession (leak-guard class) create + close, over Session",
+            outer["tracked session"] - outer["plain session"],
+        ),
+        (
+            "create_session()'s leak guard (weakref.finalize), over TrackedSession",
+            outer["guarded session"] - outer["tracked session"],
+        ),
+        (
+            "read-only unit ending in COMMIT, over ROLLBACK (get by primary key, then end)",
+            reads["commit"] - reads["rollback"],
+        ),
+    ]
