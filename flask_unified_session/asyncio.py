@@ -46,6 +46,7 @@ except ImportError as _missing:  # pragma: no cover - depends on the installatio
     ) from _missing
 
 from sqlalchemy import event, text
+from sqlalchemy.engine import URL
 from sqlalchemy.exc import MissingGreenlet
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, create_async_engine
 from sqlalchemy.ext.asyncio import async_session as _async_session_of
@@ -411,11 +412,55 @@ def _readonly_sync_class(base: type[Session]) -> type[Session]:
     return cls
 
 
+# Async driver -> the sync driver the replica checks use for the same server.
+_SYNC_TWIN = {
+    "psycopg_async": "psycopg",
+    "asyncpg": "psycopg",
+    "aiomysql": "pymysql",
+    "asyncmy": "pymysql",
+    "aiosqlite": "pysqlite",
+}
+
+
+def _sync_url(url: URL, what: str) -> URL:
+    if not url.get_dialect().is_async:
+        return url
+    driver = _SYNC_TWIN.get(url.get_driver_name())
+    try:
+        if driver is None:
+            raise ImportError(url.get_driver_name())
+        synced = url.set(drivername=f"{url.get_backend_name()}+{driver}")
+        synced.get_dialect().import_dbapi()
+    except ImportError:
+        raise ConfigurationError(
+            f"{what} uses the async driver {url.drivername!r}: replicas are checked with a "
+            "sync driver, and none is known or installed for it. Give the sync URL there "
+            "(psycopg serves both: 'postgresql+psycopg://…') and the async one in "
+            "DATABASE_ASYNC_URL"
+        ) from None
+    return synced
+
+
+def _for_checks(settings: Settings) -> Settings:
+    """``settings`` with sync drivers in the primary's and the replicas' URLs."""
+    url = _sync_url(settings.url, settings.source)
+    replica_urls = tuple(
+        _sync_url(replica, f"DB_REPLICA_URLS (URL {position} of {len(settings.replica_urls)})")
+        for position, replica in enumerate(settings.replica_urls, start=1)
+    )
+    if url is settings.url and replica_urls == settings.replica_urls:
+        return settings
+    return dataclasses.replace(
+        settings, url=url, replica_urls=replica_urls, database_async_url=settings.async_url
+    )
+
+
 def _install_replicas(factory: AsyncSessionFactory, settings: Settings) -> None:
     # The ReplicaSet checks replicas and reads the primary's position with sync engines
     # (in a worker thread); the units themselves run on async engines of the loop.
-    primary, _owned = engine_for(settings)
-    replicas = ReplicaSet.from_settings(settings, primary)
+    checks = _for_checks(settings)
+    primary, _owned = engine_for(checks)
+    replicas = ReplicaSet.from_settings(checks, primary)
     assert replicas is not None
     factory.replicas = replicas
     factory._replica_engines = _AsyncReplicaEngines(replicas, settings)
@@ -538,14 +583,21 @@ class AsyncReadonlyUnit(AsyncUnitOfWork):
                 primary = _live(units.get(self._factory))
                 if primary is not None:
                     return await self._join_primary(primary)
-        self._prepared = await _open_readonly(self._factory)
+        prepared = self._prepared = await _open_readonly(self._factory)
         try:
-            return await super().__aenter__()
+            # In a greenlet: the session holds a connection already, and if the unit
+            # fails to open (a context provider raises) its close is I/O.
+            sync_session = await greenlet_spawn(unit.__enter__)
         except BaseException:
-            prepared, self._prepared = self._prepared, None
-            if prepared is not None:  # not taken: the unit never opened
-                await _shielded(_quietly, prepared.sync_session.close, "closing the session")
+            self._prepared = None
+            await _shielded(_quietly, prepared.sync_session.close, "closing the session")
             raise
+        if sync_session is not prepared.sync_session:  # pragma: no cover - it opens here
+            session = _async_session_of(sync_session)
+            if session is None:
+                raise RuntimeError("the unit's AsyncSession is gone")
+            return session
+        return prepared
 
     async def _join_primary(self, primary: Any) -> AsyncSession:
         unit = self._unit

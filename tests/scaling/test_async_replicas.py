@@ -18,7 +18,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from flask_unified_session import Settings, signals
+from flask_unified_session import ConfigurationError, Settings, signals
 from flask_unified_session.asyncio import AsyncSessionFactory
 from flask_unified_session.replicas import ReplicaUnavailableWarning, route_to_primary
 
@@ -101,6 +101,54 @@ def test_a_replica_checked_recently_is_chosen_without_a_worker_thread(
 
     assert run(main()) == ["replica 127.0.0.1:5433"] * 5
     assert len(threads) == 1  # the first unit's check; then within the check interval
+
+
+def test_async_driver_urls_are_checked_with_their_sync_twin(
+    primary_url: str, replica_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(
+        url=sa.make_url(primary_url).set(drivername="postgresql+psycopg_async"),
+        replica_urls=(sa.make_url(replica_url).set(drivername="postgresql+psycopg_async"),),
+    )
+    made = AsyncSessionFactory(settings=settings)
+    assert made.replicas is not None
+    assert [r.url.drivername for r in made.replicas.replicas] == ["postgresql+psycopg"]
+
+    async def main() -> tuple[str, int]:
+        async with made.session_scope(readonly=True) as session:
+            return session.info["server"], await port(session)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert run(main()) == ("replica 127.0.0.1:5433", 5433)
+    finally:
+        made.replicas.dispose()
+    # An async driver with no sync twin known is refused at once, naming where it is.
+    monkeypatch.setattr("flask_unified_session.asyncio._SYNC_TWIN", {})
+    with pytest.raises(ConfigurationError, match="'postgresql\\+psycopg_async': replicas are"):
+        AsyncSessionFactory(settings=settings)
+
+
+def test_a_context_provider_that_raises_gives_the_replica_connection_back(
+    afactory: AsyncSessionFactory,
+) -> None:
+    def broken() -> dict[str, Any]:
+        raise LookupError("no tenant")
+
+    afactory.context_provider = broken
+
+    async def main() -> int:
+        with pytest.raises(LookupError):
+            async with afactory.session_scope(readonly=True):
+                pass
+        assert afactory._replica_engines is not None
+        pool: Any = afactory._replica_engines.engine("replica 127.0.0.1:5433").pool
+        return int(pool.checkedout())
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run(main()) == 0
 
 
 def test_an_insert_in_an_async_readonly_unit_raises(
