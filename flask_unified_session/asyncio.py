@@ -407,6 +407,7 @@ _committed: weakref.WeakSet[Session] = weakref.WeakSet()
 
 @functools.cache
 def _readonly_sync_class(base: type[Session]) -> type[Session]:
+    # For factories without replicas: ``base`` is a cached guarded class, shared.
     cls = type(f"ReadOnly{base.__name__}", (base,), {})
     event.listen(cls, "after_begin", _begin_read_only)
     return cls
@@ -465,6 +466,10 @@ def _install_replicas(factory: AsyncSessionFactory, settings: Settings) -> None:
     factory.replicas = replicas
     factory._replica_engines = _AsyncReplicaEngines(replicas, settings)
     base = factory.session_options["sync_session_class"]
+    # Classes of this factory only (never cached: they hold its replicas, and so engines).
+    readonly = type(f"ReadOnly{base.__name__}", (base,), {})
+    event.listen(readonly, "after_begin", _begin_read_only)
+    factory._readonly_class = readonly
     tracked = type(f"Replicated{base.__name__}", (base,), {})
 
     def note_commit(session: Session) -> None:
@@ -511,7 +516,9 @@ class _AsyncReplicaEngines:
 
 async def _begun(factory: AsyncSessionFactory, engine: AsyncEngine, label: str) -> AsyncSession:
     options = dict(factory.session_options)
-    options["sync_session_class"] = _readonly_sync_class(options["sync_session_class"])
+    options["sync_session_class"] = factory._readonly_class or _readonly_sync_class(
+        options["sync_session_class"]
+    )
     session = factory.session_class(bind=engine, **options)
     session.sync_session.info.update(server=label, readonly=True)
     try:
@@ -718,6 +725,7 @@ class AsyncSessionFactory:
         #: the read replicas (``settings.replica_urls``) for ``readonly=True`` units, or None
         self.replicas: ReplicaSet | None = None
         self._replica_engines: _AsyncReplicaEngines | None = None
+        self._readonly_class: type[Session] | None = None
         if settings is not None and settings.replica_urls:
             _install_replicas(self, settings)
 

@@ -8,8 +8,10 @@ own (primary ``TEST_POSTGRESQL_URL``, replica ``TEST_REPLICA_URL``).
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import warnings
+import weakref
 from collections import Counter
 from collections.abc import Coroutine, Iterator
 from typing import Any, TypeVar
@@ -149,6 +151,36 @@ def test_a_context_provider_that_raises_gives_the_replica_connection_back(
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert run(main()) == 0
+
+
+def test_a_factory_with_replicas_that_is_gone_keeps_no_engine_alive(
+    primary_url: str, replica_url: str
+) -> None:
+    settings = Settings(
+        url=sa.make_url(primary_url),
+        replica_urls=(sa.make_url(replica_url),),
+        pool_size=3,  # engines of this test only
+    )
+    made: AsyncSessionFactory | None = AsyncSessionFactory(settings=settings)
+
+    async def main(factory: AsyncSessionFactory) -> None:
+        await insert_nothing(factory)
+        async with factory.session_scope(readonly=True) as session:
+            await session.execute(sa.text("SELECT 1"))
+
+    assert made is not None and made.replicas is not None
+    run(main(made))
+    engines = [weakref.ref(made.replicas.primary)]
+    engines += [weakref.ref(replica.engine) for replica in made.replicas.replicas]
+    made = None
+    for _ in range(3):  # the session classes' cycles go in more than one collection
+        gc.collect()
+    assert [ref() for ref in engines] == [None, None]
+
+
+async def insert_nothing(factory: AsyncSessionFactory) -> None:
+    async with factory.session_scope() as session:  # a commit: the position is read
+        await session.execute(sa.text("SELECT 1"))
 
 
 def test_an_insert_in_an_async_readonly_unit_raises(
