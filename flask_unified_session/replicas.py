@@ -1,8 +1,14 @@
 """Read replicas: ``readonly=True`` units of work on a replica, everything else on the primary.
 
 A :class:`ReplicaSet` belongs to one :class:`~flask_unified_session.SessionFactory`
-(``factory.replicas``), built from ``Settings.replica_urls`` (``DB_REPLICA_URLS``). Its
-rules, stated once:
+(``factory.replicas``), built from ``Settings.replica_urls`` (``DB_REPLICA_URLS``) and the
+bounds ``replica_wait``, ``replica_max_lag`` and ``replica_retry_after``
+(``DB_REPLICA_WAIT``, ``DB_REPLICA_MAX_LAG``, ``DB_REPLICA_RETRY_AFTER``). With
+``init_app(app, db=db)`` the Flask extension builds it from ``UNIFIED_SESSION_REPLICA_*``
+on Flask-SQLAlchemy's default engine and watches ``db.session``'s commits too; an
+:class:`~flask_unified_session.asyncio.AsyncSessionFactory` has one of its own, used
+through :meth:`ReplicaSet.choose_nowait`, :meth:`ReplicaSet.choose` (in a thread) and
+:meth:`ReplicaSet.record_lsn`. Its rules, stated once:
 
 * **Routing.** An outermost ``readonly=True`` unit gets a session of its own on one
   replica, round-robin over the usable ones, inside a read-only transaction (``SET
