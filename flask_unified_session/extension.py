@@ -43,7 +43,6 @@ from .cli import unified_session_group
 from .config import ConfigurationError, Settings, read_replica_settings, to_bool
 from .engines import register_engine
 from .managers import COMMIT_MODES, RequestSessionManager, UnitOfWorkManager
-from .replicas import ReplicaSet
 from .session_factory import SessionFactory
 from .state import EXTENSION_KEY, UnifiedSessionState, get_state
 
@@ -150,7 +149,7 @@ class UnifiedSession:
             info["endpoint"] = req.endpoint
             info["request_id"] = _request_id(req.environ)
             if getattr(app, "login_manager", None) is not None:
-                user_id = _login_user_id()
+                user_id = _login_user_id(req.environ)
                 if user_id is not None:
                     info["user_id"] = user_id
         for provider in self.context_providers:
@@ -229,6 +228,8 @@ def _adopt_replicas(app: Flask, factory: SessionFactory, maker: Any) -> None:
     urls = values.pop("replica_urls", ())
     if not urls:
         return
+    from .replicas import ReplicaSet  # only when replicas are configured
+
     factory.replicas = ReplicaSet(
         urls,
         primary=factory.engine,
@@ -277,13 +278,23 @@ def _request_id(environ: dict[str, Any]) -> str:
     return request_id
 
 
-def _login_user_id() -> Any:
-    # Flask-Login is optional: only imported when the app has a login manager.
+_ENVIRON_USER = "flask_unified_session.user"
+
+
+def _login_user_id(environ: dict[str, Any]) -> Any:
+    # Flask-Login is optional: only imported when the app has a login manager. The id is
+    # read once per user object and request: after a commit db.session has expired the
+    # user, and reading it again (get_id(), a column is_active) would send a SELECT and
+    # begin a transaction in every later unit of the request.
     from flask_login import current_user
 
-    if current_user.is_authenticated:
-        return current_user.get_id()
-    return None
+    user = current_user._get_current_object()
+    cached = environ.get(_ENVIRON_USER)
+    if cached is not None and cached[0] is user:
+        return cached[1]
+    user_id = user.get_id() if user.is_authenticated else None
+    environ[_ENVIRON_USER] = (user, user_id)
+    return user_id
 
 
 def _current_app_factory() -> SessionFactory | None:

@@ -6,7 +6,6 @@ import functools
 
 from flask import current_app, has_app_context
 
-from .replicas import read_only_session
 from .session_factory import SessionFactory, get_default_factory
 from .unit_of_work import UnitOfWork
 
@@ -53,5 +52,7 @@ class SessionServiceMixin:
         # A legacy manager: its get_session() opens, the protocol commits, rolls back, closes.
         open_session = db_manager.get_session
         if readonly:
+            from .replicas import read_only_session
+
             open_session = functools.partial(read_only_session, db_manager.get_session)
         return UnitOfWork(db_manager, open_session, nested=nested, independent=independent)

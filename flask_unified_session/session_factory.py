@@ -14,15 +14,17 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings, display_url, parse_url
 from .engines import engine_for, register_engine
-from .replicas import ReplicaSet, primary_unit, readonly_unit
 from .unit_of_work import DoomedTransactionError, UnitOfWork, _quietly
+
+if TYPE_CHECKING:
+    from .replicas import ReplicaSet
 
 __all__ = [
     "DoomedTransactionError",
@@ -124,9 +126,14 @@ class SessionFactory:
         #: an outermost unit of work uses instead of opening a session of its own
         self.context_session: Callable[[], Session | None] | None = None
         #: the read replicas (``settings.replica_urls``) for ``readonly=True`` units, or None
-        self.replicas: ReplicaSet | None = ReplicaSet.from_settings(settings, engine)
-        if self.replicas is not None:
-            self.replicas.watch(self.sessionmaker)
+        self.replicas: ReplicaSet | None = None
+        if settings is not None and settings.replica_urls:
+            # Imported only when replicas are configured: importing the package stays cheap.
+            from .replicas import ReplicaSet
+
+            self.replicas = ReplicaSet.from_settings(settings, engine)
+            if self.replicas is not None:
+                self.replicas.watch(self.sessionmaker)
 
     @classmethod
     def from_env(
@@ -164,8 +171,12 @@ class SessionFactory:
         transaction; see :mod:`flask_unified_session.replicas`.
         """
         if readonly:
+            from .replicas import readonly_unit
+
             return readonly_unit(self, nested=nested, independent=independent)
         if self.replicas is not None:
+            from .replicas import primary_unit
+
             return primary_unit(self, self.replicas, nested=nested, independent=independent)
         return UnitOfWork(
             self,

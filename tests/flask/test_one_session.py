@@ -237,3 +237,45 @@ def test_a_leaked_unit_of_one_request_never_reaches_the_next(
         leaked[0].close()
     assert sorted(n for n in observer.names() if n.startswith("w")) == ["w0", "w1", "w2"]
     assert "uncommitted" not in observer.names()
+
+
+def test_the_user_id_is_read_once_per_request(
+    login_app: tuple[Flask, SQLAlchemy], observer: Observer
+) -> None:
+    """After a commit the user is expired: later units do not reload it for session.info."""
+    app, db = login_app
+    statements: list[str] = []
+
+    class OrmAccount(Account):
+        def get_id(self) -> str:
+            return str(self.row.id)  # an attribute of the (expired) row
+
+    app.login_manager._request_callback = lambda request: OrmAccount(  # type: ignore[attr-defined]
+        db.session.execute(sa.select(User).where(User.name == "ada")).scalar_one()
+    )
+
+    @app.post("/units")
+    def units() -> str:
+        manager = current_app.unified_session_manager  # type: ignore[attr-defined]
+        with manager.get_db_session() as session:
+            session.execute(sa.update(User).where(User.name == "bob").values(note="x"))
+        with app.app_context():
+            engine = db.engine
+
+        def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+            statements.append(statement)
+
+        event.listen(engine, "before_cursor_execute", record)
+        try:
+            with manager.get_db_session() as session:
+                user_id = session.info["user_id"]
+        finally:
+            event.remove(engine, "before_cursor_execute", record)
+        return str(user_id)
+
+    response = app.test_client().post("/units", headers={"X-User": "ada"})
+    assert response.status_code == 200
+    assert statements == []
+    assert response.text == str(
+        observer.scalar(f"SELECT id FROM {User.__tablename__} WHERE name = 'ada'")
+    )
