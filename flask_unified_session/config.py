@@ -631,6 +631,11 @@ def parse_url(raw: object, key: str) -> URL:
             f"{key} names an unknown database driver {url.drivername!r} "
             f"(in {display_url(url)}); check the part before '://'"
         ) from None
+    password = url.query.get("password")
+    if url.password is None and isinstance(password, str):
+        # The same connect argument for every driver, but SQLAlchemy's own str(url) and
+        # Engine repr hide only the userinfo password: move it there.
+        url = url.difference_update_query(["password"]).set(password=password)
     return url
 
 

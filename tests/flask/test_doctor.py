@@ -77,3 +77,45 @@ def test_command_is_declared_for_the_flask_cli():
     """The group is an entry point of flask.commands, so plain `flask` finds it."""
     names = {ep.name for ep in entry_points(group="flask.commands")}
     assert "unified-session" in names
+
+
+@pytest.mark.postgresql
+def test_query_string_password_is_hidden_in_doctor_and_signals():
+    """?password= is a secret too: not in doctor's output, the factory repr or a signal."""
+    from flask_unified_session import signals
+
+    url = make_url(server_url("postgresql")).update_query_dict({"password": PASSWORD})
+    app = plain_app(url.render_as_string(hide_password=False))
+    heard: list[str] = []
+
+    def receiver(sender, **kwargs):
+        heard.append(repr(kwargs) + repr(sender))
+
+    signals.session_committed.connect(receiver)
+    try:
+        with app.app_context(), app.unified_session_manager.get_db_session() as session:
+            session.execute(sa.text("SELECT 1"))
+    finally:
+        signals.session_committed.disconnect(receiver)
+    result = doctor(app)
+    assert result.exit_code == 0, result.output
+    factory = app.extensions["unified_session"].factory
+    for text in (result.output, repr(factory), str(factory.engine.url), *heard):
+        assert PASSWORD not in text, text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://u:pa/S3cr3tpw@127.0.0.1:x/test",  # raw '/', bad port
+        "postgresql+psycopg://u:S3cr3tpw@x@127.0.0.1/test",  # raw '@'
+    ],
+)
+def test_bad_urls_never_show_the_password(url):
+    """A URL that cannot be used: the error names the key, shows no part of the password."""
+    app = Flask("bad_url")
+    app.config["UNIFIED_SESSION_DATABASE_URL"] = url
+    with pytest.raises(ValueError, match="UNIFIED_SESSION_DATABASE_URL") as info:
+        UnifiedSession(app)
+    for text in (str(info.value), repr(info.value.args), repr(info.value.__cause__)):
+        assert "S3cr3t" not in text and "cr3tpw" not in text, text
