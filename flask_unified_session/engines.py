@@ -306,9 +306,9 @@ def _fix_pysqlite_savepoints(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _emit_begin(connection: Any) -> None:
-        # On the driver's connection: exec_driver_sql() costs about 13 µs more per unit
-        # (SQLAlchemy's own log still shows "BEGIN (implicit)").
-        connection.connection.driver_connection.execute("BEGIN")
+        # Through SQLAlchemy, not the driver's connection: the async engines' aiosqlite
+        # driver connection would return a coroutine here.
+        connection.exec_driver_sql("BEGIN")
 
 
 def _after_fork_in_child() -> None:

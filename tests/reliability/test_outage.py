@@ -117,23 +117,59 @@ def all_succeed(port: int, count: int) -> None:
 def test_killed_connections_under_load_give_clear_errors_then_recover(
     pg_url: str, pg_admin: PgAdmin
 ) -> None:
-    """Backends killed mid-load: answers are 200 or a prompt 503; then all succeed, no leak."""
+    """Backends killed mid-load: answers are 200 or a prompt 503; then all succeed, no leak.
+
+    Every request writes a row: each 200 is a committed row; a row without a 200 can only
+    be a unit whose COMMIT was in flight when its backend was killed.
+    """
     name = app_name("kill")
+    table = f"fus_kill_{os.getpid()}"
+    with pg_admin.engine.begin() as connection:
+        connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+        connection.execute(sa.text(f"CREATE TABLE {table} (id SERIAL PRIMARY KEY)"))
     app = make_app(pg_url, name)
+    add_write_route(app, table)
     engine = app.extensions["unified_session"].factory.engine
     killed = 0
-    with serve(app, threads=THREADS) as port:
-        all_succeed(port, 5)
-        with Load(port) as load:
-            for _ in range(5):
+    try:
+        with serve(app, threads=THREADS) as port:
+            all_succeed(port, 5)
+            with Load(port, path="/write") as load:
+                for _ in range(5):
+                    time.sleep(0.3)
+                    killed += pg_admin.terminate(name)
                 time.sleep(0.3)
-                killed += pg_admin.terminate(name)
-            time.sleep(0.3)
-        assert killed >= 1
-        check_answers(load.results)
-        all_succeed(port, 20)
-        assert len(pg_admin.backends(name)) <= THREADS
-    assert engine.pool.checkedout() == 0
+            assert killed >= 1
+            check_answers(load.results)
+            all_succeed(port, 20)
+            assert len(pg_admin.backends(name)) <= THREADS
+        check_rows(pg_admin, table, load.results, in_flight=killed)
+        assert engine.pool.checkedout() == 0
+    finally:
+        with pg_admin.engine.begin() as connection:
+            connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+
+
+def add_write_route(app: Flask, table: str) -> None:
+    """``GET /write``: a unit that inserts a row and answers its id."""
+
+    @app.get("/write")
+    def write() -> str:
+        with current_app.unified_session_manager.get_db_session() as session:  # type: ignore[attr-defined]
+            statement = sa.text(f"INSERT INTO {table} DEFAULT VALUES RETURNING id")
+            return str(session.execute(statement).scalar_one())
+
+
+def check_rows(
+    pg_admin: PgAdmin, table: str, results: list[tuple[float, int, str, float]], in_flight: int
+) -> None:
+    """Every 200 is a committed row; at most ``in_flight`` rows have no 200 (COMMIT sent)."""
+    with pg_admin.engine.connect() as connection:
+        ids = connection.execute(sa.text(f"SELECT id FROM {table}")).scalars()
+        rows = {int(row_id) for row_id in ids}
+    committed = {int(body) for _, status, body, _ in results if status == 200}
+    assert committed <= rows
+    assert len(rows - committed) <= in_flight
 
 
 def pg_cluster() -> tuple[str, str]:
@@ -188,16 +224,9 @@ def test_server_restart_under_load_fails_clearly_then_recovers(
     table = f"fus_restart_{os.getpid()}"
     with pg_admin.engine.begin() as connection:
         connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
-        connection.execute(sa.text(f"CREATE TABLE {table} (id SERIAL PRIMARY KEY, pid INT)"))
+        connection.execute(sa.text(f"CREATE TABLE {table} (id SERIAL PRIMARY KEY)"))
     app = make_app(pg_url, name)
-
-    @app.get("/write")
-    def write() -> str:
-        with current_app.unified_session_manager.get_db_session() as session:  # type: ignore[attr-defined]
-            row_id = session.execute(
-                sa.text(f"INSERT INTO {table} (pid) VALUES (pg_backend_pid()) RETURNING id")
-            ).scalar_one()
-        return str(row_id)
+    add_write_route(app, table)
 
     engine = app.extensions["unified_session"].factory.engine
     try:
@@ -215,13 +244,7 @@ def test_server_restart_under_load_fails_clearly_then_recovers(
             after = [(s, b) for start, s, b, _ in load.results if start > back]
             assert after and all(s == 200 for s, _ in after), after[:5]
             all_succeed(port, 20)
-        with pg_admin.engine.connect() as connection:
-            rows = {
-                int(r) for r in connection.execute(sa.text(f"SELECT id FROM {table}")).scalars()
-            }
-        committed = {int(b) for _, s, b, _ in load.results if s == 200}
-        assert committed <= rows
-        assert len(rows - committed) <= THREADS  # COMMIT in flight when the server went
+        check_rows(pg_admin, table, load.results, in_flight=THREADS)
         assert engine.pool.checkedout() == 0
     finally:
         with pg_admin.engine.begin() as connection:
