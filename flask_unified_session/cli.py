@@ -8,7 +8,7 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 from sqlalchemy import text
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from .config import Settings, display_url, redact_url
 from .engines import duplicate_groups, known_engines
@@ -38,11 +38,14 @@ def doctor() -> None:
         try:
             with engine.connect() as connection:
                 connection.execute(text("SELECT 1"))
+                pooler_warning = _behind_a_pooler(connection)
         except Exception as exc:
             problems += 1
             click.echo(f"  connection: FAILED: {redact_url(exc)}")
         else:
             click.echo(f"  connection: ok ({(time.perf_counter() - started) * 1000:.1f} ms)")
+            if pooler_warning:
+                click.echo(f"  WARNING: {pooler_warning}")
     replicas = getattr(state.factory, "replicas", None)
     if replicas is not None:  # each replica checked now, with its lag
         lines, down = replicas.describe()
@@ -62,6 +65,31 @@ def doctor() -> None:
     click.echo(f"commit mode: {state.commit_mode}")
     if problems:
         raise SystemExit(1)
+
+
+def _behind_a_pooler(connection: Connection) -> str | None:
+    """Why this PostgreSQL connection would break behind PgBouncer in transaction mode.
+
+    A pooler shows as a server port other than the URL's; psycopg's server-side prepared
+    statements (``prepare_threshold`` not None) then fail as soon as two transactions
+    land on different server connections.
+    """
+    if connection.dialect.name != "postgresql":
+        return None
+    url_port = connection.engine.url.port or 5432
+    server_port = connection.execute(text("SELECT inet_server_port()")).scalar()
+    if server_port is None or int(server_port) == url_port:
+        return None
+    threshold = getattr(connection.connection.driver_connection, "prepare_threshold", None)
+    if threshold is None:
+        return None
+    return (
+        f"connections go through a pooler (URL port {url_port}, server port {server_port}) "
+        f"and psycopg prepares statements on the server (prepare_threshold={threshold}): "
+        "behind PgBouncer in transaction mode they fail (DuplicatePreparedStatement); set "
+        "DB_PGBOUNCER=transaction (UNIFIED_SESSION_PGBOUNCER), or with Flask-SQLAlchemy "
+        "SQLALCHEMY_ENGINE_OPTIONS={'connect_args': {'prepare_threshold': None}}"
+    )
 
 
 def _describe_pool(engine: Engine, settings: Settings | None) -> str:
