@@ -54,7 +54,7 @@ from sqlalchemy.orm import ORMExecuteState, Session
 from sqlalchemy.util import greenlet_spawn
 from sqlalchemy.util.concurrency import in_greenlet
 
-from .config import ConfigurationError, Settings, display_url, parse_url
+from .config import ConfigurationError, Settings, display_url, factory_settings
 from .connections import prepare_engine
 from .engines import (
     DuplicateEngineWarning,
@@ -689,25 +689,14 @@ class AsyncSessionFactory:
         settings: Settings | None = None,
         **session_options: Any,
     ) -> None:
-        given = [
-            n
-            for n, v in (("url", url), ("engine", engine), ("settings", settings))
-            if v is not None
-        ]
-        if len(given) > 1:
-            raise TypeError(f"give at most one of url, engine, settings; got {' and '.join(given)}")
+        settings = factory_settings(url, engine, settings)
         self._engine = engine
         self._key: tuple[str, str] | None = None
         if engine is not None:
             register_async_engine(engine)
             self.owns_engine = False
         else:
-            if settings is None:
-                settings = (
-                    Settings.from_env()
-                    if url is None
-                    else Settings(url=parse_url(url, "url"), source="url")
-                )
+            assert settings is not None
             self._key = _settings_key(settings)  # also: a URL with no async twin fails here
             self.owns_engine = True
         self.settings = settings

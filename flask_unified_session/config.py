@@ -588,6 +588,23 @@ _CHECKS: dict[str, Any] = {
 }
 
 
+def factory_settings(url: object, engine: object, settings: Settings | None) -> Settings | None:
+    """The settings of a session factory given at most one of ``url``, ``engine``,
+    ``settings`` (``None`` when an engine is adopted; the environment when none is given).
+    """
+    arguments = (("url", url), ("engine", engine), ("settings", settings))
+    given = [name for name, value in arguments if value is not None]
+    if len(given) > 1:
+        raise TypeError(f"give at most one of url, engine, settings; got {' and '.join(given)}")
+    if engine is not None:
+        return None
+    if settings is not None:
+        return settings
+    if url is None:
+        return Settings.from_env()
+    return Settings(url=parse_url(url, "url"), source="url")
+
+
 def is_sqlite_memory(url: URL) -> bool:
     """True for an in-memory SQLite URL: a database private to each connection."""
     database = url.database or ""

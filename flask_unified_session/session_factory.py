@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from .config import Settings, display_url, parse_url
+from .config import Settings, display_url, factory_settings
 from .engines import engine_for, register_engine
 from .unit_of_work import DoomedTransactionError, UnitOfWork, _quietly
 
@@ -91,23 +91,12 @@ class SessionFactory:
         settings: Settings | None = None,
         **session_options: Any,
     ) -> None:
-        given = [
-            n
-            for n, v in (("url", url), ("engine", engine), ("settings", settings))
-            if v is not None
-        ]
-        if len(given) > 1:
-            raise TypeError(f"give at most one of url, engine, settings; got {' and '.join(given)}")
+        settings = factory_settings(url, engine, settings)
         if engine is not None:
             register_engine(engine)
             self.owns_engine = False
         else:
-            if settings is None:
-                settings = (
-                    Settings.from_env()
-                    if url is None
-                    else Settings(url=parse_url(url, "url"), source="url")
-                )
+            assert settings is not None
             # An engine already reaching this database (Flask-SQLAlchemy's, adopted) is
             # shared rather than doubled: then the factory does not own it.
             engine, self.owns_engine = engine_for(settings)
