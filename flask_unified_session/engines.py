@@ -1,11 +1,14 @@
 """The process's engines: one per (URL, options), duplicates reported, safe across fork.
 
-Every engine the library creates or adopts is recorded here. Two live engines that reach
-the same database are the bug this library exists to end (two pools where one was
-meant), so the pair is reported once as a :class:`DuplicateEngineWarning` naming where
-each was created. After ``os.fork()`` every recorded engine drops the parent's pooled
-connections without closing them, as SQLAlchemy recommends, so a child never talks over
-a socket its parent also uses.
+Every engine the library creates or adopts is recorded here, weakly: an engine lives as
+long as a factory, an app or user code holds it, and once nobody does its pooled
+connections are closed. A factory asked for a database that an adopted engine (Flask-
+SQLAlchemy's) already reaches shares that engine. Two live engines that reach the same
+database are the bug this library exists to end (two pools where one was meant), so the
+pair is reported once as a :class:`DuplicateEngineWarning` naming where each was created.
+After ``os.fork()`` every recorded engine drops the parent's pooled connections without
+closing them, as SQLAlchemy recommends, so a child never talks over a socket its parent
+also uses; the hook takes no lock.
 """
 
 from __future__ import annotations
