@@ -23,6 +23,7 @@ from flask_unified_session.tooling.cstutil import (
     raise_only,
     split_calls,
     statements_ast,
+    without_rollback,
 )
 
 
@@ -31,13 +32,10 @@ def _handlers(node: cst.Try, name: str) -> list[cst.ExceptHandler] | str:
     for handler in node.handlers:
         if handler.type is not None and mentions(expr_to_ast(handler.type), name):
             return "an except handler uses the session for more than rollback()"
-        rest, orphans = split_calls(handler.body, name, "rollback")
+        rest, _ = split_calls(handler.body, name, "rollback")
         if mentions(statements_ast(rest), name):
             return "an except handler uses the session for more than rollback()"
-        body = handler.body.with_changes(body=rest or [pass_line()])
-        if orphans and isinstance(body, cst.IndentedBlock):
-            body = body.with_changes(footer=[*orphans, *body.footer])
-        handlers.append(handler.with_changes(body=body))
+        handlers.append(without_rollback(handler, name))
     return handlers
 
 

@@ -29,6 +29,7 @@ from flask_unified_session.tooling.cstutil import (
     statements_ast,
     to_ast,
     with_keyword,
+    without_rollback,
 )
 from flask_unified_session.tooling.imports import add_imports
 from flask_unified_session.tooling.outcome import FileOutcome, LeftSite, unified_diff
@@ -453,11 +454,7 @@ class SessionMigrator(ScopeTracker):
             kept = [s for s in parsed.body if not is_method_stmt(s, name, "rollback")]
             if mentions(kept, name):
                 return "an except handler uses the session for more than rollback()"
-            rest, orphans = split_calls(handler.body, name, "rollback")
-            new_body = handler.body.with_changes(body=rest or [pass_line()])
-            if orphans and isinstance(new_body, cst.IndentedBlock):
-                new_body = new_body.with_changes(footer=[*orphans, *new_body.footer])
-            handlers.append(handler.with_changes(body=new_body))
+            handlers.append(without_rollback(handler, name))
         return handlers
 
     def _build(

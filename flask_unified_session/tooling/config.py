@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -111,21 +112,28 @@ def _string(path: Path, key: str, value: object) -> str:
     return value
 
 
+# Key in [tool.flask-unified-session] -> (Config field, reader); "ignore" is checked apart.
+_KEYS: dict[str, tuple[str, Callable[[Path, str, object], object]]] = {
+    "manager-names": ("manager_names", _string_list),
+    "session-factories": ("session_factories", _string_list),
+    "engine-modules": ("engine_modules", _string_list),
+    "exclude": ("exclude", _string_list),
+    "migrate-target": ("migrate_target", _string),
+    "service-target": ("service_target", _string),
+    "framework-target": ("framework_target", _string),
+    "async-target": ("async_target", _string),
+    "accessors": ("accessors", _string_list),
+    "async-session-factories": ("async_factories", _string_list),
+}
+
+
 def parse_table(path: Path, table: object) -> Config:
     """Build a :class:`Config` from the ``[tool.flask-unified-session]`` table of ``path``."""
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [{SECTION}] must be a table")
     config = Config(source=path)
     for key, value in table.items():
-        if key == "manager-names":
-            config = replace(config, manager_names=_string_list(path, key, value))
-        elif key == "session-factories":
-            config = replace(config, session_factories=_string_list(path, key, value))
-        elif key == "engine-modules":
-            config = replace(config, engine_modules=_string_list(path, key, value))
-        elif key == "exclude":
-            config = replace(config, exclude=_string_list(path, key, value))
-        elif key == "ignore":
+        if key == "ignore":
             codes = _string_list(path, key, value)
             unknown = [c for c in codes if c not in RULES]
             if unknown:
@@ -133,20 +141,12 @@ def parse_table(path: Path, table: object) -> Config:
                     f"{path}: [{SECTION}] ignore: unknown rule code(s) {', '.join(unknown)}"
                 )
             config = replace(config, ignore=frozenset(codes))
-        elif key == "migrate-target":
-            config = replace(config, migrate_target=_string(path, key, value))
-        elif key == "service-target":
-            config = replace(config, service_target=_string(path, key, value))
-        elif key == "framework-target":
-            config = replace(config, framework_target=_string(path, key, value))
-        elif key == "async-target":
-            config = replace(config, async_target=_string(path, key, value))
-        elif key == "accessors":
-            config = replace(config, accessors=_string_list(path, key, value))
-        elif key == "async-session-factories":
-            config = replace(config, async_factories=_string_list(path, key, value))
-        else:
+            continue
+        if key not in _KEYS:
             raise ConfigError(f"{path}: [{SECTION}] unknown key {key!r}")
+        field_name, read = _KEYS[key]
+        change: dict[str, Any] = {field_name: read(path, key, value)}
+        config = replace(config, **change)
     return config
 
 

@@ -140,3 +140,13 @@ def with_keyword(target: cst.BaseExpression, keyword: str) -> cst.BaseExpression
         ),
     )
     return target.with_changes(args=[*args, flag])
+
+
+def without_rollback(handler: cst.ExceptHandler, name: str) -> cst.ExceptHandler:
+    """``handler`` with its ``name.rollback()`` calls removed (the unit rolls back now);
+    comments on removed lines are kept in the block's footer."""
+    rest, orphans = split_calls(handler.body, name, "rollback")
+    body = handler.body.with_changes(body=rest or [pass_line()])
+    if orphans and isinstance(body, cst.IndentedBlock):
+        body = body.with_changes(footer=[*orphans, *body.footer])
+    return handler.with_changes(body=body)
