@@ -204,7 +204,10 @@ def register_async_engine(engine: AsyncEngine) -> None:
         if engine_id in _adopted:
             return
         site = creation_site()
-        _adopted[engine_id] = (weakref.ref(engine, lambda _: _forget_adopted(engine_id)), site)
+        _adopted[engine_id] = (
+            weakref.ref(engine, lambda ref: _forget_adopted(engine_id, ref)),
+            site,
+        )
     _report_duplicate(engine, database_identity(engine.url), site, None)
 
 
@@ -229,11 +232,14 @@ async def dispose_async_engines() -> None:
         await record.engine.dispose()
 
 
-def _forget_adopted(engine_id: int) -> None:
-    with _lock:
+def _forget_adopted(engine_id: int, ref: weakref.ref[AsyncEngine]) -> None:
+    # Called by the garbage collector, possibly in a forked child before any at-fork hook:
+    # no lock (see engines._forget_id).
+    recorded = _adopted.get(engine_id)
+    if recorded is not None and recorded[0] is ref:
         _adopted.pop(engine_id, None)
-        for pair in [p for p in _warned_pairs if engine_id in p]:
-            _warned_pairs.discard(pair)
+    for pair in [p for p in list(_warned_pairs) if engine_id in p]:
+        _warned_pairs.discard(pair)
 
 
 def _prune_dead_loops() -> None:

@@ -115,6 +115,8 @@ def engine_for(settings: Settings) -> tuple[Engine, bool]:
         if settings.is_sqlite and settings.url.get_driver_name() == "pysqlite":
             _fix_pysqlite_savepoints(engine)
         _dispose_when_unreferenced(engine)
+        for dead in [k for k, r in _by_key.items() if r() is None]:
+            del _by_key[dead]
         _by_key[key] = weakref.ref(engine)
         pair = _record(engine, owned=True)
     _report_duplicate(engine, pair)
@@ -225,7 +227,7 @@ def _record(engine: Engine, *, owned: bool) -> tuple[int, str]:
     engine_id = id(engine)
     site = creation_site()
     _records[engine_id] = (
-        weakref.ref(engine, lambda _: _forget_id(engine_id)),
+        weakref.ref(engine, lambda ref: _forget_id(engine_id, ref)),
         database_identity(engine.url),
         site,
         owned,
@@ -262,42 +264,53 @@ def _report_duplicate(engine: Engine, recorded: tuple[int, str]) -> None:
         )
 
 
-def _forget_id(engine_id: int) -> None:
-    with _lock:
+def _forget_id(engine_id: int, ref: weakref.ref[Engine]) -> None:
+    # Called by the garbage collector: at any moment, in any thread, and in a forked child
+    # before any at-fork hook of ours has run (CPython's own threading hook collects). So
+    # it takes no lock: a lock that another thread held at fork is held for ever in the
+    # child. Single dict and set operations are atomic under the GIL; dead entries of
+    # _by_key are pruned by engine_for, under the lock.
+    recorded = _records.get(engine_id)
+    if recorded is not None and recorded[0] is ref:
         _records.pop(engine_id, None)
-        for pair in [p for p in _warned_pairs if engine_id in p]:
-            _warned_pairs.discard(pair)
-        for key in [k for k, ref in _by_key.items() if ref() is None]:
-            del _by_key[key]
+    for pair in [p for p in list(_warned_pairs) if engine_id in p]:
+        _warned_pairs.discard(pair)
 
 
 def _dispose_when_unreferenced(engine: Engine) -> None:
     # A recorded engine closes its pooled connections (and SQLite files) as soon as
     # nothing holds it. The finalizer may reference neither the engine nor its pool (the
     # pool's listeners reference the engine, and a finalizer's arguments are held for
-    # ever): it keeps the raw DBAPI connections the pool has open, which reference neither.
-    open_connections: set[Any] = set()
+    # ever): it keeps the raw DBAPI connections the pool has open, which reference neither,
+    # each with the process that opened it.
+    open_connections: dict[Any, int] = {}
 
     @event.listens_for(engine, "connect")
     def _opened(dbapi_connection: Any, _record: Any) -> None:
-        open_connections.add(dbapi_connection)
+        open_connections[dbapi_connection] = os.getpid()
 
     @event.listens_for(engine, "close")
     def _closed(dbapi_connection: Any, _record: Any) -> None:
-        open_connections.discard(dbapi_connection)
+        open_connections.pop(dbapi_connection, None)
 
     @event.listens_for(engine, "close_detached")
     def _closed_detached(dbapi_connection: Any) -> None:
-        open_connections.discard(dbapi_connection)
+        open_connections.pop(dbapi_connection, None)
 
     engine._fus_open_connections = open_connections  # type: ignore[attr-defined]
     weakref.finalize(engine, _close_all, open_connections)
 
 
-def _close_all(open_connections: set[Any]) -> None:
+def _close_all(open_connections: dict[Any, int]) -> None:
+    # Only this process's connections: in a forked child the collector can run this before
+    # the at-fork hook has forgotten the parent's, and closing one would end the parent's
+    # session on the server.
+    pid = os.getpid()
     while open_connections:
-        with contextlib.suppress(Exception):  # a finalizer must not raise
-            open_connections.pop().close()
+        connection, opened_by = open_connections.popitem()
+        if opened_by == pid:
+            with contextlib.suppress(Exception):  # a finalizer must not raise
+                connection.close()
 
 
 def _fix_pysqlite_savepoints(engine: Engine) -> None:
@@ -323,7 +336,7 @@ def _after_fork_in_child() -> None:
     for record in known_engines():
         record.engine.dispose(close=False)
         # Those are the parent's connections: the child's finalizer must not close them.
-        getattr(record.engine, "_fus_open_connections", set()).clear()
+        getattr(record.engine, "_fus_open_connections", {}).clear()
 
 
 if hasattr(os, "register_at_fork"):

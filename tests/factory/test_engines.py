@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -236,15 +237,12 @@ def test_an_engine_nobody_holds_is_gone_and_no_duplicate(tmp_path: Path) -> None
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
-@pytest.mark.xfail(
-    strict=False,
-    reason="known: about 1 run in 6 a child hangs inside the at-fork hooks (before any of "
-    "its own code runs), most likely in engine.dispose(close=False) while the hammering "
-    "thread holds a SQLAlchemy-internal lock; the fix is a per-pid check at checkout "
-    "instead of disposing in the hook (issue 11, open)",
-)
 def test_fork_while_a_thread_hammers_the_registry_never_hangs(tmp_path: Path) -> None:
     """20 forks while another thread creates and drops engines: every child exits at once.
+
+    Version 1 hung here (issue 11), and so did version 2 about 1 run in 6 until the
+    registry's garbage-collector callback stopped taking the lock: CPython's own at-fork
+    hook collects garbage in the child before ours run.
 
     One factory is made first: a fork during another thread's first import of a module
     can hang on CPython's per-module import lock, which is no lock of ours.
@@ -288,3 +286,58 @@ def test_fork_while_a_thread_hammers_the_registry_never_hangs(tmp_path: Path) ->
         stop.set()
         thread.join()
     assert hung == 0
+
+
+def test_a_dropped_engine_is_forgotten_while_another_thread_holds_the_registry_lock(
+    tmp_path: Path,
+) -> None:
+    """The collector's callback takes no lock: in a forked child a lock held at fork by a
+    thread that does not exist there would block it for ever (the issue 11 hang)."""
+    from flask_unified_session import engines
+
+    SessionFactory(f"sqlite:///{tmp_path}/dropped.db")  # dropped at once: a cycle-free engine
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_lock() -> None:
+        with engines._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold_the_lock)
+    holder.start()
+    held.wait(5)
+    collector = threading.Thread(target=gc.collect)
+    try:
+        collector.start()
+        collector.join(5)
+        finished = not collector.is_alive()
+    finally:
+        release.set()
+        holder.join()
+        collector.join()
+    assert finished, "gc.collect() waited on the engine registry's lock"
+    assert known_engines() == []
+
+
+@pytest.mark.postgresql
+def test_the_finalizer_never_closes_a_connection_another_process_opened() -> None:
+    """A dropped engine closes only its own process's connections: in a forked child the
+    collector may finalize an engine before the at-fork hook forgets the parent's, and
+    closing one would end the parent's session on the server."""
+    from tests.conftest import server_url
+
+    url = server_url("postgresql")
+    watcher = Observer(url)
+    factory = SessionFactory(url)
+    with factory.session_scope() as session:
+        backend_pid = session.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+    opened = factory.engine._fus_open_connections  # type: ignore[attr-defined]
+    assert len(opened) == 1
+    (raw,) = opened
+    opened[raw] = os.getpid() + 1  # as if a parent process had opened it
+    del factory, session, opened
+    gc.collect()
+    alive = watcher.scalar("SELECT count(*) FROM pg_stat_activity WHERE pid = :p", p=backend_pid)
+    raw.close()
+    watcher.dispose()
+    assert alive == 1
