@@ -11,7 +11,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from .config import Settings, display_url, redact_url
-from .engines import duplicate_groups, known_engines
+from .engines import EngineRecord, duplicate_groups, known_engines
 from .state import get_state
 
 __all__ = ["unified_session_group"]
@@ -54,17 +54,27 @@ def doctor() -> None:
             click.echo(line)
     click.echo("engines in this process:")
     for record in known_engines():
-        origin = "created" if record.owned else "adopted"
-        click.echo(f"  {display_url(record.engine.url)} ({origin} at {record.site})")
+        click.echo(f"  {display_url(record.engine.url)} ({_describe_record(record)})")
     for group in duplicate_groups():
         problems += 1
         sites = ", ".join(record.site for record in group)
+        what = "async engines" if group[0].kind == "async" else "engines"
         click.echo(
-            f"DUPLICATE: {len(group)} engines reach {display_url(group[0].engine.url)}: {sites}"
+            f"DUPLICATE: {len(group)} {what} reach {display_url(group[0].engine.url)}: {sites}"
         )
     click.echo(f"commit mode: {state.commit_mode}")
     if problems:
         raise SystemExit(1)
+
+
+def _describe_record(record: EngineRecord) -> str:
+    """Kind, event loop (async engines belong to one) and where the engine came from."""
+    origin = "created" if record.owned else "adopted"
+    if record.kind == "sync":
+        return f"sync, {origin} at {record.site}"
+    # A loop is named by its id: enough to tell the engines of two loops apart.
+    loop = "" if record.loop is None else f"event loop {id(record.loop):#x}, "
+    return f"async, {loop}{origin} at {record.site}"
 
 
 def _behind_a_pooler(connection: Connection) -> str | None:

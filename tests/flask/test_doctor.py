@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 from importlib.metadata import entry_points
 
 import pytest
 import sqlalchemy as sa
 from flask import Flask
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from flask_unified_session import DuplicateEngineWarning, SessionFactory, UnifiedSession
+from flask_unified_session.asyncio import AsyncSessionFactory
+from flask_unified_session.config import display_url
 from tests.conftest import server_url
 from tests.flask.conftest import sqlite_only
 
@@ -71,6 +75,36 @@ def test_duplicate_engine_exits_non_zero(make_app, db_url):
     assert "DUPLICATE: 2 engines reach" in result.output
     assert __file__ in result.output
     stray.engine.dispose()
+
+
+def test_async_engines_are_listed_with_their_kind_and_their_duplicates_reported(make_app, db_url):
+    """An async engine of a live event loop is listed as async, with its loop, beside the
+    app's sync engine (not a duplicate of it); a second async engine of that loop on the
+    database is a DUPLICATE naming both sites; exit 1."""
+    app = make_app()
+    factory = AsyncSessionFactory(db_url)
+
+    async def ask():
+        return factory.engine
+
+    loop = asyncio.new_event_loop()
+    try:
+        engine = loop.run_until_complete(ask())
+        result = doctor(app)
+        assert result.exit_code == 0, result.output
+        listed = f"  {display_url(engine.url)} (async, event loop {id(loop):#x}, created at "
+        assert listed + __file__ in result.output
+        assert "(sync, " in result.output
+        with pytest.warns(DuplicateEngineWarning, match="two async engines"):
+            stray = AsyncSessionFactory(engine=create_async_engine(engine.url))
+        result = doctor(app)
+        assert result.exit_code == 1
+        assert f"DUPLICATE: 2 async engines reach {display_url(engine.url)}" in result.output
+        assert "(async, adopted at " + __file__ in result.output
+        del stray
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
 
 
 def test_command_is_declared_for_the_flask_cli():

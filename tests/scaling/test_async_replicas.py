@@ -127,7 +127,7 @@ def test_async_driver_urls_are_checked_with_their_sync_twin(
     finally:
         made.replicas.dispose()
     # An async driver with no sync twin known is refused at once, naming where it is.
-    monkeypatch.setattr("flask_unified_session.asyncio._SYNC_TWIN", {})
+    monkeypatch.setattr("flask_unified_session.asyncio._replicas._SYNC_TWIN", {})
     with pytest.raises(ConfigurationError, match="'postgresql\\+psycopg_async': replicas are"):
         AsyncSessionFactory(settings=settings)
 
