@@ -32,8 +32,9 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, current_app, has_app_context, has_request_context, request
-from flask.globals import _cv_app
+from flask import Flask, has_request_context, request
+from flask.ctx import AppContext
+from flask.globals import _cv_app, _cv_request
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -120,7 +121,7 @@ class UnifiedSession:
         # One session per app context: every unit of work of this app in its app context
         # runs on the request manager's session (db.session's, with Flask-SQLAlchemy).
         factory.context_session = functools.partial(
-            _app_context_session, app, state.request_session_manager.current_session
+            _app_context_session, app, state.request_session_manager.session_in
         )
         app.extensions[EXTENSION_KEY] = state
         app.unified_session_manager = state.unified_session_manager  # type: ignore[attr-defined]
@@ -131,6 +132,10 @@ class UnifiedSession:
         app.cli.add_command(unified_session_group)
 
     def _context(self, app: Flask) -> dict[str, Any]:
+        # Outside a request and without providers there is nothing to collect (a CLI
+        # command, a test's app context, a worker's): no user code runs, no guard needed.
+        if not self.context_providers and _cv_request.get(None) is None:
+            return {}
         # A user loader or a provider that opens a unit of work itself would call back in
         # here: the inner call contributes nothing instead of recursing.
         if _in_context.get():
@@ -186,11 +191,11 @@ def _refuse_engine_keys_beside_db(config: Mapping[str, Any]) -> None:
         )
 
 
-def _app_context_session(app: Flask, current_session: Callable[[], Session]) -> Session | None:
+def _app_context_session(app: Flask, session_in: Callable[[AppContext], Session]) -> Session | None:
     context = _cv_app.get(None)
     if context is None or context.app is not app:
         return None
-    return current_session()
+    return session_in(context)
 
 
 def _adopt_flask_sqlalchemy(
@@ -298,8 +303,10 @@ def _login_user_id(environ: dict[str, Any]) -> Any:
 
 
 def _current_app_factory() -> SessionFactory | None:
-    if has_app_context():
-        state = current_app.extensions.get(EXTENSION_KEY)
+    # The context variable, not current_app: this runs on every session_scope() call.
+    context = _cv_app.get(None)
+    if context is not None:
+        state = context.app.extensions.get(EXTENSION_KEY)
         if state is not None:
             factory: SessionFactory = state.factory
             return factory

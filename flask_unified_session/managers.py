@@ -12,6 +12,8 @@ from time import perf_counter
 from typing import TYPE_CHECKING
 
 from flask import Flask, Response, g, has_app_context
+from flask.ctx import AppContext
+from flask.globals import _cv_app
 from sqlalchemy.orm import Session
 from werkzeug.exceptions import InternalServerError
 
@@ -63,6 +65,15 @@ class RequestSessionManager:
         self.app = app
         self.factory = factory
         self.db = db
+        # Flask-SQLAlchemy keys db.session's sessions by id(app context): with its own
+        # scope function the session of a context is found without a proxy look-up.
+        self._sessions_by_context: dict[object, Session] | None = None
+        if db is not None:
+            from flask_sqlalchemy.session import _app_ctx_id
+
+            registry = db.session.registry
+            if getattr(registry, "scopefunc", None) is _app_ctx_id:
+                self._sessions_by_context = getattr(registry, "registry", None)
 
     def session_scope(self) -> UnitOfWork:
         """The app context's session as a unit of work (the same as ``get_db_session()``).
@@ -82,16 +93,25 @@ class RequestSessionManager:
 
     def current_session(self) -> Session:
         """The current app context's session, created on first use; closed at teardown."""
-        if signals.session_closed.receivers and _G_OPENED_AT not in g:
+        return self.session_in(_cv_app.get())
+
+    def session_in(self, context: AppContext) -> Session:
+        """The session of ``context`` (an app context of this app), created on first use."""
+        if signals.session_closed.receivers and _G_OPENED_AT not in context.g:
             # Its session_closed signal is sent at teardown, with the time since now.
-            setattr(g, _G_OPENED_AT, perf_counter())
+            setattr(context.g, _G_OPENED_AT, perf_counter())
         if self.db is not None:
+            by_context = self._sessions_by_context
+            if by_context is not None:
+                existing = by_context.get(id(context))
+                if existing is not None:
+                    return existing
             session: Session = self.db.session()
             return session
-        session = g.get(_G_SESSION)
+        session = context.g.get(_G_SESSION)
         if session is None:
             session = self.factory.sessionmaker()
-            setattr(g, _G_SESSION, session)
+            setattr(context.g, _G_SESSION, session)
         return session
 
     def _existing_session(self) -> Session | None:
@@ -106,7 +126,17 @@ class RequestSessionManager:
 
     def install(self, commit_mode: str) -> None:
         """Register the teardown (and the commit-mode hook) on the app."""
-        self.app.teardown_appcontext(self._close_at_teardown)
+
+        db = self.db
+
+        # A plain function, not the bound method: Flask asks each teardown function
+        # whether it is a coroutine function on every app context, and a method costs more.
+        def close_at_teardown(exc: BaseException | None) -> None:
+            # With Flask-SQLAlchemy and no session_closed receiver there is nothing to do.
+            if db is None or signals.session_closed.receivers:
+                self._close_at_teardown(exc)
+
+        self.app.teardown_appcontext(close_at_teardown)
         last_status = _LAST_COMMIT_STATUS.get(commit_mode)
         if last_status is not None:
 
@@ -117,17 +147,22 @@ class RequestSessionManager:
 
     def _close_at_teardown(self, _exc: BaseException | None) -> None:
         # Never commits: whatever a block or the commit mode did not commit is rolled back.
-        opened_at: float | None = g.pop(_G_OPENED_AT, None)
         if self.db is not None:
             # Flask-SQLAlchemy's own teardown (registered before ours, so run after it)
             # closes db.session; closing it here too would only cost a second remove().
-            if opened_at is not None and signals.session_closed.receivers:
+            # Without a receiver there is nothing to report (a stale mark dies with g).
+            if not signals.session_closed.receivers:
+                return
+            opened_at: float | None = g.pop(_G_OPENED_AT, None)
+            if opened_at is not None:
                 session = self._existing_session()
                 if session is not None:
                     self.db.session.remove()
                     self._report_closed(session, opened_at)
             return
-        session = g.pop(_G_SESSION, None)
+        context_g = _cv_app.get().g
+        opened_at = context_g.pop(_G_OPENED_AT, None)
+        session = context_g.pop(_G_SESSION, None)
         if session is None:
             return
         try:

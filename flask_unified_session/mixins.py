@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 
-from flask import current_app, has_app_context
+from flask.globals import _cv_app
 
 from .session_factory import SessionFactory, get_default_factory
 from .unit_of_work import UnitOfWork
@@ -33,8 +33,9 @@ class SessionServiceMixin:
         ``readonly=True``: on a read replica, in a read-only transaction (a legacy manager
         has no replicas: its session, in a read-only transaction).
         """
-        if has_app_context():
-            manager = getattr(current_app, "unified_session_manager", None)
+        context = _cv_app.get(None)  # not current_app: a proxy look-up per call
+        if context is not None:
+            manager = getattr(context.app, "unified_session_manager", None)
             if manager is not None:
                 scope: UnitOfWork = manager.get_db_session(
                     nested=nested, independent=independent, readonly=readonly

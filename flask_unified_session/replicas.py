@@ -69,7 +69,7 @@ from .config import (
     redact_url,
 )
 from .engines import engine_for
-from .unit_of_work import UnitOfWork, _live, _open, current_owner
+from .unit_of_work import UnitOfWork, _live, current_owner, open_units
 
 if TYPE_CHECKING:
     from .session_factory import SessionFactory
@@ -702,7 +702,7 @@ class ReadonlyUnit(UnitOfWork):
 
     def __enter__(self) -> Session:
         if self._transaction is None and not self.independent:
-            units = _open.get(current_owner())
+            units = open_units(current_owner())
             if units:
                 primary = _live(units.get(self.factory))
                 if primary is not None:

@@ -100,9 +100,11 @@ def current_owner() -> object:
     return _thread_owner()
 
 
-# Open transactions by owner, then by key. Weak keys: an owner that is gone (a thread that
-# ended, a popped app context) takes its entries with it.
-_open: weakref.WeakKeyDictionary[object, dict[object, Transaction]] = weakref.WeakKeyDictionary()
+# Open transactions by owner, then by key, keyed by a weak reference to the owner: an
+# owner that is gone (a thread that ended, a popped app context) takes its entries with
+# it. A plain dict rather than a WeakKeyDictionary: looked up on every unit of work, with
+# weakref.ref(owner) (a C call that reuses the owner's reference) instead of Python code.
+_open: dict[weakref.ref[Any], dict[object, Transaction]] = {}
 _pid = os.getpid()
 # Sessions of a parent process's units that a forked child exited: never used again (the
 # socket is the parent's), and kept referenced so that no finalizer talks over it.
@@ -112,8 +114,29 @@ _abandoned: list[Session] = []
 def _after_fork_in_child() -> None:
     # Takes no lock: the parent's units simply stop being visible.
     global _open, _pid
-    _open = weakref.WeakKeyDictionary()
+    _open = {}
     _pid = os.getpid()
+
+
+def open_units(owner: object) -> dict[object, Transaction] | None:
+    """The open transactions of ``owner`` by key, or None if it has none.
+
+    Read it through this function: the registry is replaced in a forked child.
+    """
+    return _open.get(weakref.ref(owner))
+
+
+def _units_for(owner: object) -> dict[object, Transaction]:
+    units = _open.get(weakref.ref(owner))
+    if units is None:
+        units = _open[weakref.ref(owner, _forget_owner)] = {}
+    return units
+
+
+def _forget_owner(ref: weakref.ref[Any]) -> None:
+    # Called by the garbage collector (also in a forked child, before its hooks): no lock.
+    # A dead reference equals only itself, so this removes exactly the owner's entry.
+    _open.pop(ref, None)
 
 
 if hasattr(os, "register_at_fork"):
@@ -141,7 +164,7 @@ def current_transaction(key: object | None = None) -> Transaction | None:
     owners = {id(owner): owner for owner in (current_owner(), task_owner())}
     latest: Transaction | None = None
     for owner in owners.values():
-        units = _open.get(owner)
+        units = _open.get(weakref.ref(owner))
         if not units:
             continue
         candidates = [units.get(key)] if key is not None else list(units.values())
@@ -227,10 +250,7 @@ class Transaction:
     def innermost(self) -> Level:
         return self.levels[-1]
 
-    def register(self, owner: object) -> None:
-        units = _open.get(owner)
-        if units is None:
-            units = _open[owner] = {}
+    def register(self, units: dict[object, Transaction]) -> None:
         self.shadowed = units.get(self.key)
         units[self.key] = self
         self.owner_units = units
@@ -346,15 +366,16 @@ class UnitOfWork:
                 "call session_scope() (or get_db_session()) again for another block"
             )
         owner = self.owner_of()
-        if not self.independent:
-            units = _open.get(owner)
-            if units:
-                transaction = _live(units.get(self.key))
-                if transaction is not None:
-                    return self._join(transaction)
-        return self._open(owner)
+        units = _open.get(weakref.ref(owner))
+        if units and not self.independent:
+            transaction = _live(units.get(self.key))
+            if transaction is not None:
+                return self._join(transaction)
+        return self._open(owner, units)
 
-    def _open(self, owner: object) -> Session:
+    def _open(self, owner: object, units: dict[object, Transaction] | None) -> Session:
+        # ``units``: the owner's open units, None if it has none yet (created only once
+        # this unit is registered, below).
         session = None
         if self._context_session is not None and not self.independent:
             session = self._context_session()
@@ -366,13 +387,16 @@ class UnitOfWork:
         # __exit__ would unregister it.
         try:
             if self._context is not None:
-                session.info.update(self._context())
+                context = self._context()
+                if context:  # session.info is created on first access: only if needed
+                    session.info.update(context)
         except BaseException:
             if self._owns_session:
                 _quietly(session.close, "closing the session")
             raise
-        transaction.emit(signals.session_opened)
-        transaction.register(owner)
+        if transaction.listening:
+            transaction.emit(signals.session_opened)
+        transaction.register(units if units is not None else _units_for(owner))
         self._transaction = transaction
         self._level = transaction.levels[0]
         self._joined = False
@@ -467,7 +491,8 @@ class UnitOfWork:
                         transaction.emit(signals.session_rolled_back)
                         raise
                 committed = True
-                transaction.emit(signals.session_committed)
+                if transaction.listening:
+                    transaction.emit(signals.session_committed)
             else:
                 _quietly(session.rollback, "rolling back")
                 transaction.emit(signals.session_rolled_back)
@@ -484,7 +509,9 @@ class UnitOfWork:
                     session.close()
                 transaction.emit(signals.session_closed)
         if committed:
-            _run_hooks(transaction.levels[0].hooks)
+            hooks = transaction.levels[0].hooks
+            if hooks:
+                _run_hooks(hooks)
 
 
 #: Capture lists (``flask_unified_session.testing.on_commit``): while one is pushed, hooks

@@ -29,7 +29,7 @@ from sqlalchemy.util import greenlet_spawn
 from ..config import ConfigurationError, Settings
 from ..engines import _async_by_key, async_engine_for, async_engine_key, engine_for
 from ..replicas import PRIMARY, ReplicaSet, _begin_read_only, routing_to_primary
-from ..unit_of_work import _live, _open, _quietly, current_owner
+from ..unit_of_work import _live, _quietly, current_owner, open_units
 from ._unit import AsyncUnitOfWork, _shielded
 
 if TYPE_CHECKING:
@@ -223,7 +223,7 @@ class AsyncReadonlyUnit(AsyncUnitOfWork):
         if unit._transaction is not None:
             return await super().__aenter__()  # refused: already active
         if not unit.independent:
-            units = _open.get(unit.owner_of())
+            units = open_units(unit.owner_of())
             if units:
                 if _live(units.get(unit.key)) is not None:
                     return await super().__aenter__()  # joins the readonly unit
