@@ -32,11 +32,9 @@ from collections.abc import Callable, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
-from flask import Flask, has_request_context, request
-from flask.ctx import AppContext
+from flask import Flask
 from flask.globals import _cv_app, _cv_request
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
 
 from . import session_factory as _factory_module
 from . import unit_of_work as _unit_of_work_module
@@ -114,15 +112,13 @@ class UnifiedSession:
             factory = SessionFactory(settings=settings, expire_on_commit=_expire_on_commit(app))
             engines = {None: factory.engine}
         factory.signal_sender = app
-        factory.context_provider = functools.partial(self._context, app)
+        factory.context_provider = self._provider_for(app)
         state = UnifiedSessionState(self, factory, engines, db, commit_mode)
         state.unified_session_manager = UnitOfWorkManager(factory)
         state.request_session_manager = RequestSessionManager(app, factory, db)
         # One session per app context: every unit of work of this app in its app context
         # runs on the request manager's session (db.session's, with Flask-SQLAlchemy).
-        factory.context_session = functools.partial(
-            _app_context_session, app, state.request_session_manager.session_in
-        )
+        factory.context_session = state.request_session_manager.context_session
         app.extensions[EXTENSION_KEY] = state
         app.unified_session_manager = state.unified_session_manager  # type: ignore[attr-defined]
         app.request_session_manager = state.request_session_manager  # type: ignore[attr-defined]
@@ -131,37 +127,47 @@ class UnifiedSession:
         # ``flask`` command does not load plugin entry points.
         app.cli.add_command(unified_session_group)
 
-    def _context(self, app: Flask) -> dict[str, Any]:
-        # Outside a request and without providers there is nothing to collect (a CLI
-        # command, a test's app context, a worker's): no user code runs, no guard needed.
-        if not self.context_providers and _cv_request.get(None) is None:
-            return {}
-        # A user loader or a provider that opens a unit of work itself would call back in
-        # here: the inner call contributes nothing instead of recursing.
-        if _in_context.get():
-            return {}
-        token = _in_context.set(True)
-        try:
-            return self._collect_context(app)
-        finally:
-            _in_context.reset(token)
+    def _provider_for(self, app: Flask) -> Callable[[], dict[str, Any]]:
+        """What every unit of work of ``app`` records in ``session.info``."""
+        providers = self.context_providers
 
-    def _collect_context(self, app: Flask) -> dict[str, Any]:
-        # Runs on every unit of work: one proxy look-up, then plain attribute access.
-        info: dict[str, Any] = {}
-        if has_request_context():
-            req = request._get_current_object()  # type: ignore[attr-defined]
-            info["endpoint"] = req.endpoint
-            info["request_id"] = _request_id(req.environ)
-            if getattr(app, "login_manager", None) is not None:
-                user_id = _login_user_id(req.environ)
-                if user_id is not None:
-                    info["user_id"] = user_id
-        for provider in self.context_providers:
-            extra = provider()
-            if extra:
-                info.update(extra)
-        return info
+        # Runs on every unit of work, so one function: context variables and plain
+        # attributes, no proxies.
+        def context() -> dict[str, Any]:
+            request_context = _cv_request.get(None)
+            info: dict[str, Any] = {}
+            if request_context is not None:
+                req = request_context.request
+                environ = req.environ
+                info["endpoint"] = req.endpoint
+                request_id = environ.get(_ENVIRON_REQUEST_ID)
+                if request_id is None:
+                    # One id per request, kept in the environ (a namespaced key).
+                    request_id = environ.get("HTTP_X_REQUEST_ID") or _request_ids.next()
+                    environ[_ENVIRON_REQUEST_ID] = request_id
+                info["request_id"] = request_id
+            logged_in = request_context is not None and getattr(app, "login_manager", None)
+            if not (logged_in or providers):
+                return info  # no user code to run
+            # A user loader or a provider that opens a unit of work itself would call back
+            # in here: the inner call contributes nothing instead of recursing.
+            if _in_context.get():
+                return {}
+            token = _in_context.set(True)
+            try:
+                if logged_in:
+                    user_id = _login_user_id(environ)
+                    if user_id is not None:
+                        info["user_id"] = user_id
+                for provider in providers:
+                    extra = provider()
+                    if extra:
+                        info.update(extra)
+            finally:
+                _in_context.reset(token)
+            return info
+
+        return context
 
 
 # Engine settings the extension would use without db=; with db= they belong to
@@ -189,13 +195,6 @@ def _refuse_engine_keys_beside_db(config: Mapping[str, Any]) -> None:
             "SQLALCHEMY_DATABASE_URI and SQLALCHEMY_ENGINE_OPTIONS (for example "
             "SQLALCHEMY_ENGINE_OPTIONS = {'pool_size': 20, 'pool_pre_ping': True})"
         )
-
-
-def _app_context_session(app: Flask, session_in: Callable[[AppContext], Session]) -> Session | None:
-    context = _cv_app.get(None)
-    if context is None or context.app is not app:
-        return None
-    return session_in(context)
 
 
 def _adopt_flask_sqlalchemy(
@@ -272,15 +271,6 @@ class _RequestIds:
 _request_ids = _RequestIds()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_request_ids.reseed)
-
-
-def _request_id(environ: dict[str, Any]) -> str:
-    # Kept in the WSGI environ (a namespaced key): one id per request, also for the logs.
-    request_id: str | None = environ.get(_ENVIRON_REQUEST_ID)
-    if request_id is None:
-        request_id = environ.get("HTTP_X_REQUEST_ID") or _request_ids.next()
-        environ[_ENVIRON_REQUEST_ID] = request_id
-    return request_id
 
 
 _ENVIRON_USER = "flask_unified_session.user"

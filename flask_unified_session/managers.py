@@ -55,7 +55,7 @@ class UnitOfWorkManager:
         unit of this app is open: then it joins that one (see
         :mod:`flask_unified_session.replicas`).
         """
-        return self.factory.session_scope(nested=nested, independent=independent, readonly=readonly)
+        return self.factory.session_scope(nested, independent, readonly)
 
 
 class RequestSessionManager:
@@ -94,6 +94,24 @@ class RequestSessionManager:
     def current_session(self) -> Session:
         """The current app context's session, created on first use; closed at teardown."""
         return self.session_in(_cv_app.get())
+
+    def context_session(self) -> Session | None:
+        """The session of the current app context if it is this app's, else None.
+
+        What the factory's outermost units of work run on (one session per app context).
+        """
+        context = _cv_app.get(None)
+        if context is None or context.app is not self.app:
+            return None
+        if self.db is not None and not signals.session_closed.receivers:
+            # session_in inlined (once per unit of work): the session is db.session's.
+            by_context = self._sessions_by_context
+            existing = by_context.get(id(context)) if by_context is not None else None
+            if existing is not None:
+                return existing
+            session: Session = self.db.session()
+            return session
+        return self.session_in(context)
 
     def session_in(self, context: AppContext) -> Session:
         """The session of ``context`` (an app context of this app), created on first use."""

@@ -126,13 +126,6 @@ def open_units(owner: object) -> dict[object, Transaction] | None:
     return _open.get(weakref.ref(owner))
 
 
-def _units_for(owner: object) -> dict[object, Transaction]:
-    units = _open.get(weakref.ref(owner))
-    if units is None:
-        units = _open[weakref.ref(owner, _forget_owner)] = {}
-    return units
-
-
 def _forget_owner(ref: weakref.ref[Any]) -> None:
     # Called by the garbage collector (also in a forked child, before its hooks): no lock.
     # A dead reference equals only itself, so this removes exactly the owner's entry.
@@ -236,7 +229,12 @@ class Transaction:
         self.shadowed: Transaction | None = None
         self.owner_units: dict[object, Transaction] | None = None
         self.doom_guard: Callable[..., None] | None = None
-        self.listening = signals.anyone_listening()
+        self.listening = bool(  # signals.anyone_listening(), inlined: once per unit of work
+            signals.session_opened.receivers
+            or signals.session_committed.receivers
+            or signals.session_rolled_back.receivers
+            or signals.session_closed.receivers
+        )
         self.started = perf_counter() if self.listening else 0.0
 
     @property
@@ -259,7 +257,7 @@ class Transaction:
         self.closed = True
         units = self.owner_units
         if units is not None and units.get(self.key) is self:
-            previous = _live(self.shadowed)
+            previous = _live(self.shadowed) if self.shadowed is not None else None
             if previous is None:
                 del units[self.key]
             else:
@@ -396,7 +394,11 @@ class UnitOfWork:
             raise
         if transaction.listening:
             transaction.emit(signals.session_opened)
-        transaction.register(units if units is not None else _units_for(owner))
+        if units is None:
+            units = _open.get(weakref.ref(owner))  # a context provider may have opened one
+            if units is None:
+                units = _open[weakref.ref(owner, _forget_owner)] = {}
+        transaction.register(units)
         self._transaction = transaction
         self._level = transaction.levels[0]
         self._joined = False
@@ -501,7 +503,8 @@ class UnitOfWork:
         finally:
             for level in transaction.levels:
                 level.doomed = None
-            transaction.drop_guard_if_clear()
+            if transaction.doom_guard is not None:
+                transaction.drop_guard_if_clear()
             if self._owns_session:
                 if failed:
                     _quietly(session.close, "closing the session")
