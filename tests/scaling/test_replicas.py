@@ -7,6 +7,7 @@ the fixtures of ``conftest.py``, which put them back.
 
 from __future__ import annotations
 
+import os
 import random
 import threading
 import time
@@ -110,6 +111,31 @@ def test_a_readonly_unit_inside_a_primary_unit_joins_it_and_reads_its_uncommitte
         with factory.session_scope() as writer:
             assert writer is not session  # a default unit is the primary's own
             assert writer.info["server"] == "primary"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+def test_in_a_forked_child_a_readonly_unit_joins_the_childs_open_unit(
+    factory: SessionFactory, replicated_table: str
+) -> None:
+    """The registry is replaced in a forked child: replica routing must read the new one
+    (it held the parent's object once, and a child's readonly unit then missed its own
+    open unit and read the replica instead of its uncommitted write)."""
+    with factory.session_scope(readonly=True) as warm:  # the parent has used both engines
+        notes(warm, replicated_table)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            with factory.session_scope() as outer:
+                outer.execute(sa.text(f"INSERT INTO {replicated_table} (note) VALUES ('c')"))
+                with factory.session_scope(readonly=True) as inner:
+                    joined = inner is outer and notes(inner, replicated_table) == ["c"]
+                outer.rollback()
+            code = 0 if joined else 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_the_signals_context_names_the_server(factory: SessionFactory) -> None:
