@@ -103,14 +103,6 @@ class RequestSessionManager:
         context = _cv_app.get(None)
         if context is None or context.app is not self.app:
             return None
-        if self.db is not None and not signals.session_closed.receivers:
-            # session_in inlined (once per unit of work): the session is db.session's.
-            by_context = self._sessions_by_context
-            existing = by_context.get(id(context)) if by_context is not None else None
-            if existing is not None:
-                return existing
-            session: Session = self.db.session()
-            return session
         return self.session_in(context)
 
     def session_in(self, context: AppContext) -> Session:
@@ -150,7 +142,8 @@ class RequestSessionManager:
         # A plain function, not the bound method: Flask asks each teardown function
         # whether it is a coroutine function on every app context, and a method costs more.
         def close_at_teardown(exc: BaseException | None) -> None:
-            # With Flask-SQLAlchemy and no session_closed receiver there is nothing to do.
+            # With Flask-SQLAlchemy and no session_closed receiver there is nothing to do
+            # (db.session is Flask-SQLAlchemy's to close; a stale timing mark dies with g).
             if db is None or signals.session_closed.receivers:
                 self._close_at_teardown(exc)
 
@@ -168,9 +161,7 @@ class RequestSessionManager:
         if self.db is not None:
             # Flask-SQLAlchemy's own teardown (registered before ours, so run after it)
             # closes db.session; closing it here too would only cost a second remove().
-            # Without a receiver there is nothing to report (a stale mark dies with g).
-            if not signals.session_closed.receivers:
-                return
+            # Only called when someone listens to session_closed (see install).
             opened_at: float | None = g.pop(_G_OPENED_AT, None)
             if opened_at is not None:
                 session = self._existing_session()

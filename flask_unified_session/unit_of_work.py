@@ -229,12 +229,7 @@ class Transaction:
         self.shadowed: Transaction | None = None
         self.owner_units: dict[object, Transaction] | None = None
         self.doom_guard: Callable[..., None] | None = None
-        self.listening = bool(  # signals.anyone_listening(), inlined: once per unit of work
-            signals.session_opened.receivers
-            or signals.session_committed.receivers
-            or signals.session_rolled_back.receivers
-            or signals.session_closed.receivers
-        )
+        self.listening = signals.anyone_listening()
         self.started = perf_counter() if self.listening else 0.0
 
     @property
