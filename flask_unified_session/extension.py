@@ -276,14 +276,20 @@ if hasattr(os, "register_at_fork"):
 _ENVIRON_USER = "flask_unified_session.user"
 
 
+_current_user: Any = None  # flask_login.current_user, once an app with a login manager ran
+
+
 def _login_user_id(environ: dict[str, Any]) -> Any:
     # Flask-Login is optional: only imported when the app has a login manager. The id is
     # read once per user object and request: after a commit db.session has expired the
     # user, and reading it again (get_id(), a column is_active) would send a SELECT and
     # begin a transaction in every later unit of the request.
-    from flask_login import current_user
+    global _current_user
+    if _current_user is None:
+        from flask_login import current_user
 
-    user = current_user._get_current_object()
+        _current_user = current_user
+    user = _current_user._get_current_object()
     cached = environ.get(_ENVIRON_USER)
     if cached is not None and cached[0] is user:
         return cached[1]
