@@ -96,8 +96,13 @@ def serve(app: Any, threads: int) -> Iterator[int]:
     try:
         yield int(server.effective_port)
     finally:
-        server.close()
-        server.task_dispatcher.shutdown(timeout=10)
-        for channel in list(server._map.values()):
-            channel.close()
+        # Stop the loop before closing its sockets: closing a socket that the loop's
+        # select() is waiting on raises EBADF in the server thread (seen in CI). The loop
+        # runs while its map is not empty; emptying it and waking it ends the loop.
+        channels = list(server._map.values())
+        server._map.clear()
+        server.trigger.pull_trigger()
         runner.join(timeout=10)
+        server.task_dispatcher.shutdown(timeout=10)
+        for channel in channels:
+            channel.close()
