@@ -148,11 +148,15 @@ class Server:
         self.thread.start()
 
     def close(self) -> None:
-        self.server.close()
-        self.server.task_dispatcher.shutdown(timeout=5)
-        for channel in list(self.server._map.values()):
-            channel.close()
+        # The loop stops before its sockets close: closing one under its select() raises
+        # EBADF in the server thread (tests/reliability/conftest.py does the same).
+        channels = list(self.server._map.values())
+        self.server._map.clear()
+        self.server.trigger.pull_trigger()
         self.thread.join(timeout=5)
+        self.server.task_dispatcher.shutdown(timeout=5)
+        for channel in channels:
+            channel.close()
 
 
 class Poller:
