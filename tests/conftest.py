@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import gc
 import os
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.pool import NullPool
 
-from flask_unified_session import dispose_engines, set_default_factory
+from flask_unified_session import dispose_engines, engines, set_default_factory
 from flask_unified_session.asyncio import set_default_async_factory
 
 # Tables carry the pid so that two test runs sharing a server never collide.
@@ -135,3 +137,34 @@ def _fresh_engines() -> Iterator[None]:
     set_default_async_factory(None)
     dispose_engines()
     gc.collect()
+
+
+@contextmanager
+def registry_lock_held_elsewhere() -> Iterator[None]:
+    """Another thread holds the engine registry's lock for the block (as one may at fork)."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with engines._lock:
+            held.set()
+            release.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(5), "the holder thread never took the lock"
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+def collects_without_the_registry_lock() -> bool:
+    """True if a gc.collect() ends within 5 s while another thread holds the lock."""
+    with registry_lock_held_elsewhere():
+        collector = threading.Thread(target=gc.collect)
+        collector.start()
+        collector.join(5)
+        finished = not collector.is_alive()
+    collector.join()
+    return finished

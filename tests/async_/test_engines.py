@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import sys
-import threading
 import time
 import warnings
 
@@ -15,7 +13,6 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from flask_unified_session import DuplicateEngineWarning, SessionFactory, set_default_factory
-from flask_unified_session import engines as registry
 from flask_unified_session.asyncio import (
     AsyncSessionFactory,
     async_session_scope,
@@ -24,7 +21,12 @@ from flask_unified_session.asyncio import (
 )
 from flask_unified_session.engines import EngineRecord, duplicate_groups, known_engines
 from tests.async_.conftest import run
-from tests.conftest import Observer, User
+from tests.conftest import (
+    Observer,
+    User,
+    collects_without_the_registry_lock,
+    registry_lock_held_elsewhere,
+)
 
 
 def test_three_modules_asking_get_one_engine(
@@ -234,27 +236,8 @@ def test_an_adopted_async_engine_is_held_weakly_and_forgotten_without_the_lock(
     adopted = create_async_engine(AsyncSessionFactory(db_url).settings.async_url)  # type: ignore[union-attr]
     AsyncSessionFactory(engine=adopted)
     assert [record.async_engine for record in _async_records()] == [adopted]
-    held, release = threading.Event(), threading.Event()
-
-    def hold_the_lock() -> None:
-        with registry._lock:
-            held.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold_the_lock)
-    holder.start()
-    held.wait(5)
     del adopted
-    collector = threading.Thread(target=gc.collect)
-    try:
-        collector.start()
-        collector.join(5)
-        finished = not collector.is_alive()
-    finally:
-        release.set()
-        holder.join()
-        collector.join()
-    assert finished, "gc.collect() waited on the engine registry's lock"
+    assert collects_without_the_registry_lock(), "gc.collect() waited on the registry's lock"
     assert _async_records() == []
 
 
@@ -273,20 +256,11 @@ def test_a_forked_child_drops_the_parents_async_connections_and_gets_its_own_eng
         return factory.engine
 
     loop = asyncio.new_event_loop()
-    held, release = threading.Event(), threading.Event()
-
-    def hold_the_lock() -> None:
-        with registry._lock:
-            held.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold_the_lock)
     try:
         parents = loop.run_until_complete(use())
         assert parents.pool.checkedin() == 1  # type: ignore[attr-defined]
-        holder.start()
-        held.wait(5)
-        pid = os.fork()
+        with registry_lock_held_elsewhere():
+            pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             code = 1
             try:
@@ -312,9 +286,6 @@ def test_a_forked_child_drops_the_parents_async_connections_and_gets_its_own_eng
             time.sleep(0.01)
         assert os.waitstatus_to_exitcode(done[1]) == 0
     finally:
-        release.set()
-        if holder.is_alive():
-            holder.join()
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
     assert observer.names() == ["child", "parent"]

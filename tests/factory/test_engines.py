@@ -18,7 +18,7 @@ from sqlalchemy import event
 
 from flask_unified_session import DuplicateEngineWarning, SessionFactory, Settings
 from flask_unified_session.engines import duplicate_groups, known_engines
-from tests.conftest import Observer, User
+from tests.conftest import Observer, User, collects_without_the_registry_lock
 
 
 def test_same_url_same_engine(tmp_path: Path) -> None:
@@ -293,29 +293,8 @@ def test_a_dropped_engine_is_forgotten_while_another_thread_holds_the_registry_l
 ) -> None:
     """The collector's callback takes no lock: in a forked child a lock held at fork by a
     thread that does not exist there would block it for ever (the issue 11 hang)."""
-    from flask_unified_session import engines
-
     SessionFactory(f"sqlite:///{tmp_path}/dropped.db")  # dropped at once: a cycle-free engine
-    held, release = threading.Event(), threading.Event()
-
-    def hold_the_lock() -> None:
-        with engines._lock:
-            held.set()
-            release.wait(10)
-
-    holder = threading.Thread(target=hold_the_lock)
-    holder.start()
-    held.wait(5)
-    collector = threading.Thread(target=gc.collect)
-    try:
-        collector.start()
-        collector.join(5)
-        finished = not collector.is_alive()
-    finally:
-        release.set()
-        holder.join()
-        collector.join()
-    assert finished, "gc.collect() waited on the engine registry's lock"
+    assert collects_without_the_registry_lock(), "gc.collect() waited on the registry's lock"
     assert known_engines() == []
 
 
