@@ -135,20 +135,20 @@ class UnifiedSession:
         # attributes, no proxies.
         def context() -> dict[str, Any]:
             request_context = _cv_request.get(None)
-            info: dict[str, Any] = {}
-            if request_context is not None:
+            if request_context is None:
+                if not providers:
+                    return {}  # no request, no user code to run
+                info: dict[str, Any] = {}
+                logged_in = False
+            else:
                 req = request_context.request
                 environ = req.environ
-                info["endpoint"] = req.endpoint
-                request_id = environ.get(_ENVIRON_REQUEST_ID)
-                if request_id is None:
-                    # One id per request, kept in the environ (a namespaced key).
-                    request_id = environ.get("HTTP_X_REQUEST_ID") or _request_ids.next()
-                    environ[_ENVIRON_REQUEST_ID] = request_id
-                info["request_id"] = request_id
-            logged_in = request_context is not None and getattr(app, "login_manager", None)
-            if not (logged_in or providers):
-                return info  # no user code to run
+                # One id per request, kept in the environ (a namespaced key).
+                request_id = environ.get(_ENVIRON_REQUEST_ID) or _new_request_id(environ)
+                info = {"endpoint": req.endpoint, "request_id": request_id}
+                logged_in = getattr(app, "login_manager", None) is not None
+                if not (logged_in or providers):
+                    return info  # no user code to run
             # A user loader or a provider that opens a unit of work itself would call back
             # in here: the inner call contributes nothing instead of recursing.
             if _in_context.get():
@@ -271,6 +271,12 @@ class _RequestIds:
 _request_ids = _RequestIds()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_request_ids.reseed)
+
+
+def _new_request_id(environ: dict[str, Any]) -> str:
+    request_id: str = environ.get("HTTP_X_REQUEST_ID") or _request_ids.next()
+    environ[_ENVIRON_REQUEST_ID] = request_id
+    return request_id
 
 
 _ENVIRON_USER = "flask_unified_session.user"

@@ -8,10 +8,11 @@ which stays open until the app context is torn down.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from flask import Flask, Response, g, has_app_context
+from flask import Flask, Response, appcontext_tearing_down, g, has_app_context
 from flask.ctx import AppContext
 from flask.globals import _cv_app
 from sqlalchemy.orm import Session
@@ -32,6 +33,8 @@ _G_SESSION = "_unified_session_request_session"
 _G_OPENED_AT = "_unified_session_request_opened_at"
 
 log = logging.getLogger("flask_unified_session")
+# blinker connects and disconnects in place: a truth test of this dict is the check.
+_closed_receivers = signals.session_closed.receivers
 
 
 class UnitOfWorkManager:
@@ -66,14 +69,23 @@ class RequestSessionManager:
         self.factory = factory
         self.db = db
         # Flask-SQLAlchemy keys db.session's sessions by id(app context): with its own
-        # scope function the session of a context is found without a proxy look-up.
+        # scope function the session of a context is found, and made, as db.session()
+        # would, without its proxy and scope-function look-ups.
         self._sessions_by_context: dict[object, Session] | None = None
+        self._create_session: Callable[[], Session] | None = None
+        self._reporting_at_teardown = False
         if db is not None:
             from flask_sqlalchemy.session import _app_ctx_id
 
             registry = db.session.registry
-            if getattr(registry, "scopefunc", None) is _app_ctx_id:
-                self._sessions_by_context = getattr(registry, "registry", None)
+            by_context = getattr(registry, "registry", None)
+            create = getattr(registry, "createfunc", None)
+            if (
+                getattr(registry, "scopefunc", None) is _app_ctx_id
+                and isinstance(by_context, dict)
+                and callable(create)
+            ):
+                self._sessions_by_context, self._create_session = by_context, create
 
     def session_scope(self) -> UnitOfWork:
         """The app context's session as a unit of work (the same as ``get_db_session()``).
@@ -107,22 +119,32 @@ class RequestSessionManager:
 
     def session_in(self, context: AppContext) -> Session:
         """The session of ``context`` (an app context of this app), created on first use."""
-        if signals.session_closed.receivers and _G_OPENED_AT not in context.g:
-            # Its session_closed signal is sent at teardown, with the time since now.
-            setattr(context.g, _G_OPENED_AT, perf_counter())
-        if self.db is not None:
-            by_context = self._sessions_by_context
-            if by_context is not None:
-                existing = by_context.get(id(context))
-                if existing is not None:
-                    return existing
-            session: Session = self.db.session()
-            return session
-        session = context.g.get(_G_SESSION)
-        if session is None:
-            session = self.factory.sessionmaker()
-            setattr(context.g, _G_SESSION, session)
+        by_context = self._sessions_by_context
+        if by_context is not None:
+            key = id(context)
+            session = by_context.get(key)
+            if session is None:
+                assert self._create_session is not None
+                session = by_context.setdefault(key, self._create_session())
+        elif self.db is not None:
+            session = self.db.session()
+        else:
+            session = context.g.get(_G_SESSION)
+            if session is None:
+                session = self.factory.sessionmaker()
+                setattr(context.g, _G_SESSION, session)
+        if _closed_receivers and _G_OPENED_AT not in context.g:
+            self._time_until_teardown(context, session)
         return session
+
+    def _time_until_teardown(self, context: AppContext, session: Session) -> None:
+        # Its session_closed signal is sent at teardown, with the time since now.
+        setattr(context.g, _G_OPENED_AT, (perf_counter(), session))
+        if self.db is not None and not self._reporting_at_teardown:
+            # Flask-SQLAlchemy closes db.session at teardown; this reports it afterwards.
+            # Connected on first need: an app whose sessions nobody times pays nothing.
+            appcontext_tearing_down.connect(self._report_at_teardown, sender=self.app)
+            self._reporting_at_teardown = True
 
     def _existing_session(self) -> Session | None:
         # Never creates one: a request that did not touch the database costs nothing.
@@ -136,18 +158,14 @@ class RequestSessionManager:
 
     def install(self, commit_mode: str) -> None:
         """Register the teardown (and the commit-mode hook) on the app."""
-
-        db = self.db
-
-        # A plain function, not the bound method: Flask asks each teardown function
-        # whether it is a coroutine function on every app context, and a method costs more.
-        def close_at_teardown(exc: BaseException | None) -> None:
-            # With Flask-SQLAlchemy and no session_closed receiver there is nothing to do
-            # (db.session is Flask-SQLAlchemy's to close; a stale timing mark dies with g).
-            if db is None or signals.session_closed.receivers:
+        if self.db is None:
+            # With Flask-SQLAlchemy, db.session is its to close: no teardown function of
+            # ours (Flask runs every one on every app context). A plain function, not the
+            # bound method: Flask asks it whether it is a coroutine function each time.
+            def close_at_teardown(exc: BaseException | None) -> None:
                 self._close_at_teardown(exc)
 
-        self.app.teardown_appcontext(close_at_teardown)
+            self.app.teardown_appcontext(close_at_teardown)
         last_status = _LAST_COMMIT_STATUS.get(commit_mode)
         if last_status is not None:
 
@@ -158,19 +176,8 @@ class RequestSessionManager:
 
     def _close_at_teardown(self, _exc: BaseException | None) -> None:
         # Never commits: whatever a block or the commit mode did not commit is rolled back.
-        if self.db is not None:
-            # Flask-SQLAlchemy's own teardown (registered before ours, so run after it)
-            # closes db.session; closing it here too would only cost a second remove().
-            # Only called when someone listens to session_closed (see install).
-            opened_at: float | None = g.pop(_G_OPENED_AT, None)
-            if opened_at is not None:
-                session = self._existing_session()
-                if session is not None:
-                    self.db.session.remove()
-                    self._report_closed(session, opened_at)
-            return
         context_g = _cv_app.get().g
-        opened_at = context_g.pop(_G_OPENED_AT, None)
+        timed = context_g.pop(_G_OPENED_AT, None)
         session = context_g.pop(_G_SESSION, None)
         if session is None:
             return
@@ -178,8 +185,16 @@ class RequestSessionManager:
             session.close()
         except Exception:
             log.exception("closing the request's session failed")
-        if opened_at is not None and signals.session_closed.receivers:
-            self._report_closed(session, opened_at)
+        if timed is not None and _closed_receivers:
+            self._report_closed(session, timed[0])
+
+    def _report_at_teardown(self, _app: Flask, **_kwargs: object) -> None:
+        # appcontext_tearing_down is sent after the teardown functions, Flask-SQLAlchemy's
+        # db.session.remove() included, with the app context still pushed.
+        context = _cv_app.get(None)
+        timed = context.g.pop(_G_OPENED_AT, None) if context is not None else None
+        if timed is not None and _closed_receivers:
+            self._report_closed(timed[1], timed[0])
 
     def _report_closed(self, session: Session, opened_at: float) -> None:
         try:

@@ -465,14 +465,16 @@ class UnitOfWork:
 
     def _exit_outermost(self, transaction: Transaction, exc: BaseException | None) -> None:
         transaction.unregister()
+        doomed = None  # what transaction.doomed gives, in the same pass
         for level in transaction.levels:
             level.open = False
+            if doomed is None:
+                doomed = level.doomed
         session = transaction.session
         if transaction.pid != _pid:
             # A forked child leaving its parent's unit: the connection is the parent's.
             _abandoned.append(session)
             return
-        doomed = transaction.doomed
         committed = False
         failed = exc is not None or doomed is not None
         try:
@@ -496,8 +498,9 @@ class UnitOfWork:
                 if exc is None:
                     raise DoomedTransactionError(_doomed_message(doomed)) from doomed
         finally:
-            for level in transaction.levels:
-                level.doomed = None
+            if doomed is not None:
+                for level in transaction.levels:
+                    level.doomed = None
             if transaction.doom_guard is not None:
                 transaction.drop_guard_if_clear()
             if self._owns_session:

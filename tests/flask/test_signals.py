@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-import pytest
+import gc
+import weakref
 
-from flask_unified_session import signals
+import pytest
+import sqlalchemy as sa
+from flask import Flask, current_app
+from flask_sqlalchemy import SQLAlchemy
+
+from flask_unified_session import UnifiedSession, signals
 from tests.conftest import User
 from tests.flask.conftest import sqlite_only
 
@@ -131,3 +137,106 @@ def test_nothing_is_sent_when_nobody_listens(make_app, observer, monkeypatch):
 
     assert app.test_client().post("/quiet").status_code == 200
     assert observer.count() == 2
+
+
+@sqlite_only
+def test_with_flask_sqlalchemy_no_teardown_function_of_ours_runs(make_app):
+    """db.session is Flask-SQLAlchemy's to close: the extension adds no teardown function."""
+    plain = Flask("plain")
+    plain.config["SQLALCHEMY_DATABASE_URI"] = "sqlite://"
+    SQLAlchemy(plain)
+    app = make_app()
+    assert len(app.teardown_appcontext_funcs) == len(plain.teardown_appcontext_funcs)
+    own = make_app(flask_sqlalchemy=False)
+    assert len(own.teardown_appcontext_funcs) == 1  # ours: it closes the library's session
+
+
+def test_closed_is_sent_after_flask_sqlalchemy_closed_the_session(make_app, observer, events):
+    """With db=, closed comes once db.session.remove() ran: the connection is back."""
+    app = make_app()
+    db = app.extensions["test_db"]
+    seen = []
+
+    def at_close(sender, *, session, **kwargs):
+        with app.app_context():
+            engine = db.engine
+        seen.append((session.in_transaction(), engine.pool.checkedout()))
+
+    signals.session_closed.connect(at_close)
+    try:
+
+        @app.post("/write")
+        def write():
+            with app.unified_session_manager.get_db_session() as session:
+                session.add(User(name="timed"))
+            db.session.execute(sa.select(1))  # begins again: only teardown ends it
+            return "ok"
+
+        assert app.test_client().post("/write").status_code == 200
+    finally:
+        signals.session_closed.disconnect(at_close)
+    assert seen == [(False, 0)]
+    assert [e[0] for e in events] == ["opened", "committed", "closed"]
+    assert observer.count() == 1
+
+
+@sqlite_only
+def test_a_receiver_connected_after_requests_were_served_hears_closed(make_app, observer):
+    """Receivers may come later (a test, a debug toolbar): the next request is timed."""
+    app = make_app()
+    names = iter(range(3))
+
+    @app.post("/unit")
+    def unit():
+        with app.unified_session_manager.get_db_session() as session:
+            session.add(User(name=f"later {next(names)}"))
+        return "ok"
+
+    client = app.test_client()
+    assert client.post("/unit").status_code == 200
+    heard = []
+
+    def receiver(sender, *, duration, **kwargs):
+        heard.append((sender, duration))
+
+    signals.session_closed.connect(receiver)
+    try:
+        assert client.post("/unit").status_code == 200
+        assert client.post("/unit").status_code == 200
+    finally:
+        signals.session_closed.disconnect(receiver)
+    assert [sender for sender, _ in heard] == [app, app]
+    assert all(duration >= 0 for _, duration in heard)
+    assert observer.count() == 3
+
+
+def test_timing_sessions_keeps_no_app_alive(tmp_path):
+    """The teardown receiver is weak: an app dropped after timed requests is collected."""
+    closed = []
+
+    def receiver(sender, **kwargs):
+        closed.append(sender.name)  # not the app itself: the test must not keep it
+
+    signals.session_closed.connect(receiver)
+    try:
+        app = Flask("dropped")
+        app.config["SQLALCHEMY_DATABASE_URI"] = f"sqlite:///{tmp_path}/dropped.db"
+        db = SQLAlchemy(app)
+        UnifiedSession(app, db=db)
+
+        @app.post("/empty")
+        def empty():
+            with current_app.unified_session_manager.get_db_session() as session:
+                session.execute(sa.select(1))
+            return "ok"
+
+        assert app.test_client().post("/empty").status_code == 200
+        assert closed == ["dropped"]
+        with app.app_context():
+            db.engine.dispose()
+        gone = weakref.ref(app)
+        del app, db, empty
+        gc.collect()
+        assert gone() is None
+    finally:
+        signals.session_closed.disconnect(receiver)
