@@ -8,9 +8,7 @@ commit-on-success, rollback-on-error, always-close, and of the nesting rule.
 from __future__ import annotations
 
 import functools
-import os
 import sys
-import threading
 import warnings
 import weakref
 from collections.abc import Callable, Iterator, Mapping
@@ -21,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from .config import Settings, display_url, factory_settings
 from .engines import engine_for, register_engine
+from .process_default import ProcessDefault
 from .unit_of_work import DoomedTransactionError, UnitOfWork, _quietly
 
 if TYPE_CHECKING:
@@ -210,18 +209,7 @@ class SessionFactory:
 
 # -- the default factory and the module-level functions ---------------------------------
 
-_default: SessionFactory | None = None
-_default_lock = threading.Lock()
-
-
-def _fresh_lock_in_child() -> None:
-    # A thread that held the lock at fork does not exist in the child.
-    global _default_lock
-    _default_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fresh_lock_in_child)
+_default: ProcessDefault[SessionFactory] = ProcessDefault(lambda: SessionFactory.from_env())
 # Consulted in order by the module-level functions: the Flask layer adds one that returns
 # the current app's factory, so a script and a route share one pool.
 _current_factory_hooks: list[Callable[[], SessionFactory | None]] = []
@@ -229,24 +217,17 @@ _current_factory_hooks: list[Callable[[], SessionFactory | None]] = []
 
 def get_default_factory() -> SessionFactory:
     """The process's default factory, configured from the environment on first use."""
-    global _default
-    if _default is None:
-        with _default_lock:
-            if _default is None:
-                _default = SessionFactory.from_env()
-    return _default
+    return _default.get()
 
 
 def existing_default_factory() -> SessionFactory | None:
     """The default factory if it was created or set already; never creates one."""
-    return _default
+    return _default.existing()
 
 
 def set_default_factory(factory: SessionFactory | None) -> None:
     """Replace the default factory (``None``: read the environment again on next use)."""
-    global _default
-    with _default_lock:
-        _default = factory
+    _default.set(factory)
 
 
 def current_factory() -> SessionFactory:

@@ -12,7 +12,7 @@ import gc
 import os
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 
 import pytest
 import sqlalchemy as sa
@@ -142,10 +142,17 @@ def _fresh_engines() -> Iterator[None]:
 @contextmanager
 def registry_lock_held_elsewhere() -> Iterator[None]:
     """Another thread holds the engine registry's lock for the block (as one may at fork)."""
+    with lock_held_elsewhere(engines._lock):
+        yield
+
+
+@contextmanager
+def lock_held_elsewhere(lock: AbstractContextManager[object]) -> Iterator[None]:
+    """Another thread holds ``lock`` for the block."""
     held, release = threading.Event(), threading.Event()
 
     def hold() -> None:
-        with engines._lock:
+        with lock:
             held.set()
             release.wait(10)
 

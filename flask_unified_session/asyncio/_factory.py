@@ -9,8 +9,6 @@ does so), and ``asyncio.run()`` called again gets a new one.
 from __future__ import annotations
 
 import asyncio
-import os
-import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
@@ -27,6 +25,7 @@ from ..engines import (
     known_engines,
     register_async_engine,
 )
+from ..process_default import ProcessDefault
 from ..replicas import ReplicaSet
 from ..session_factory import existing_default_factory
 from ..unit_of_work import _quietly
@@ -175,42 +174,28 @@ class AsyncSessionFactory:
 
 # -- the default factory and the module-level functions ---------------------------------
 
-_default: AsyncSessionFactory | None = None
-_default_lock = threading.Lock()
+
+def _make_default() -> AsyncSessionFactory:
+    # The default sync factory's settings if it has some, else the environment's.
+    sync = existing_default_factory()
+    settings = getattr(sync, "settings", None) if sync is not None else None
+    if settings is not None:
+        return AsyncSessionFactory(settings=settings)
+    return AsyncSessionFactory.from_env()
 
 
-def _fresh_lock_in_child() -> None:
-    # A thread that held the lock at fork does not exist in the child.
-    global _default_lock
-    _default_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_fresh_lock_in_child)
+_default: ProcessDefault[AsyncSessionFactory] = ProcessDefault(_make_default)
 
 
 def get_default_async_factory() -> AsyncSessionFactory:
     """The process's default async factory: the default sync factory's settings if it has
     some, else ``DATABASE_URL`` / ``DATABASE_ASYNC_URL`` from the environment."""
-    global _default
-    if _default is None:
-        with _default_lock:
-            if _default is None:
-                sync = existing_default_factory()
-                settings = getattr(sync, "settings", None) if sync is not None else None
-                _default = (
-                    AsyncSessionFactory(settings=settings)
-                    if settings is not None
-                    else AsyncSessionFactory.from_env()
-                )
-    return _default
+    return _default.get()
 
 
 def set_default_async_factory(factory: AsyncSessionFactory | None) -> None:
     """Replace the default async factory (``None``: configure again on next use)."""
-    global _default
-    with _default_lock:
-        _default = factory
+    _default.set(factory)
 
 
 def async_session_scope(

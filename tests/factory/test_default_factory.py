@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +14,7 @@ import sqlalchemy as sa
 
 import flask_unified_session as fus
 from flask_unified_session import session_factory
-from tests.conftest import Observer, User
+from tests.conftest import Observer, User, lock_held_elsewhere
 
 
 @pytest.fixture
@@ -107,3 +109,31 @@ def test_set_default_factory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     fus.set_default_factory(None)
     with pytest.raises(ValueError, match="DATABASE_URL"):
         fus.create_session()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork()")
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_child_forked_while_another_thread_holds_the_default_lock_makes_its_own(
+    kind: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default factories' lock is made again in a forked child (it was held at fork)."""
+    from flask_unified_session import asyncio as fus_asyncio
+    from flask_unified_session.asyncio import _factory as async_factory
+
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/forked.db")
+    fus.set_default_factory(None)
+    fus_asyncio.set_default_async_factory(None)
+    default = session_factory._default if kind == "sync" else async_factory._default
+    get = fus.get_default_factory if kind == "sync" else fus_asyncio.get_default_async_factory
+    with lock_held_elsewhere(default._lock):
+        pid = os.fork()
+        if pid == 0:  # the child: the thread holding the lock does not exist here
+            signal.alarm(10)  # a child that waits on the parent's lock dies of SIGALRM
+            try:
+                os._exit(0 if get() is not None else 2)
+            except BaseException:
+                os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    fus.set_default_factory(None)
+    fus_asyncio.set_default_async_factory(None)
