@@ -492,6 +492,10 @@ def _competes(record: EngineRecord, other: EngineRecord) -> bool:
         return False
     if _held(other) is _held(record):
         return False
+    if other.site == record.site:
+        # The same line made both: an app factory called again (one app per test, whose
+        # previous app a test runner still holds), not a second way to reach the database.
+        return False
     return record.loop is None or other.loop is None or record.loop is other.loop
 
 

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from flask import Flask
 from flask.globals import _cv_app, _cv_request
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import Engine
 
 from . import session_factory as _factory_module
@@ -299,7 +300,15 @@ def _login_user_id(environ: dict[str, Any]) -> Any:
     cached = environ.get(_ENVIRON_USER)
     if cached is not None and cached[0] is user:
         return cached[1]
-    user_id = user.get_id() if user.is_authenticated else None
+    # A user that is a mapped object expired by a commit reloads here: that reload must not
+    # flush the request's pending objects before the unit's block has even begun.
+    state = sa_inspect(user, raiseerr=False)
+    session = getattr(state, "session", None)
+    if session is None:
+        user_id = user.get_id() if user.is_authenticated else None
+    else:
+        with session.no_autoflush:
+            user_id = user.get_id() if user.is_authenticated else None
     environ[_ENVIRON_USER] = (user, user_id)
     return user_id
 

@@ -21,6 +21,7 @@ from flask_sqlalchemy import SQLAlchemy
 from sqlalchemy.orm import Session
 
 from flask_unified_session import (
+    DuplicateEngineWarning,
     SessionFactory,
     UnifiedSession,
     get_default_factory,
@@ -67,6 +68,47 @@ def test_an_app_per_test_suite_gets_no_duplicate_warning(observer: Observer, db_
             db.engine.dispose()
         del app, db, session
     assert observer.count() == 20
+
+
+def _create_app(name: str, db_url: str) -> tuple[Flask, SQLAlchemy]:
+    # An app factory, as in Flask's tutorial: each call builds its engine on this line.
+    db = SQLAlchemy()
+    app = Flask(name)
+    app.config["SQLALCHEMY_DATABASE_URI"] = db_url
+    db.init_app(app)
+    UnifiedSession().init_app(app, db=db)
+    return app, db
+
+
+def test_apps_a_test_runner_still_holds_get_no_duplicate_warning(
+    observer: Observer, db_url: str
+) -> None:
+    """An app per test whose earlier apps are still alive (a TestCase's self.app, a fixture):
+    their engines were made on one line, by one factory. No warning (errors here)."""
+    kept = [_create_app(f"kept_{i}", db_url) for i in range(3)]
+    try:
+        for i, (app, _db) in enumerate(kept):
+            with app.app_context(), app.unified_session_manager.get_db_session() as session:  # type: ignore[attr-defined]
+                session.add(User(name=f"kept {i}"))
+        assert observer.count() == 3
+        # Two ways to reach the database are still told apart.
+        with pytest.warns(DuplicateEngineWarning, match="two engines reach the same database"):
+            other = _other_app(db_url)
+    finally:
+        for app, db in kept:
+            with app.app_context():
+                db.engine.dispose()
+    with other.app_context():
+        other.extensions["sqlalchemy"].engine.dispose()
+
+
+def _other_app(db_url: str) -> Flask:
+    db = SQLAlchemy()
+    app = Flask("elsewhere")
+    app.config["SQLALCHEMY_DATABASE_URI"] = db_url
+    db.init_app(app)
+    UnifiedSession().init_app(app, db=db)  # another line than _create_app's
+    return app
 
 
 @pytest.fixture

@@ -4,6 +4,13 @@ from __future__ import annotations
 
 import sys
 
+import sqlalchemy as sa
+from flask import Flask
+from flask_login import LoginManager, UserMixin, current_user
+from flask_sqlalchemy import SQLAlchemy
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from flask_unified_session import UnifiedSession
 from tests.conftest import User
 from tests.flask.conftest import LoginUser, add_login, sqlite_only
 
@@ -74,3 +81,62 @@ def test_user_loader_that_opens_a_unit_of_work_does_not_recurse(make_app, observ
 
     assert app.test_client().post("/act", headers={"X-User": "5"}).json == {"user_id": "5"}
     assert observer.names() == ["acted"]
+
+
+class _Base(DeclarativeBase):
+    pass
+
+
+class Member(UserMixin, _Base):
+    """A Flask-Login user that is itself a mapped row (the Flask-Login tutorial's model)."""
+
+    __tablename__ = "members"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(40), unique=True)
+
+
+def test_reading_the_user_id_never_flushes_the_requests_pending_objects(tmp_path):
+    """current_user expired by a commit reloads when the unit records who acted: with the
+    request's pending objects left unflushed until the unit's own work needs them."""
+    app = Flask("mapped_user")
+    app.config.update(SQLALCHEMY_DATABASE_URI=f"sqlite:///{tmp_path}/members.db", TESTING=True)
+    db = SQLAlchemy()
+    db.init_app(app)
+    UnifiedSession(app, db=db)
+    login = LoginManager(app)
+
+    @login.request_loader
+    def load(request):
+        return db.session.get(Member, 1) if request.headers.get("X-Member") else None
+
+    with app.app_context():
+        _Base.metadata.create_all(db.engine)
+        db.session.add(Member(id=1, name="ada"))
+        db.session.commit()
+        inserts = []
+
+        @sa.event.listens_for(db.engine, "before_cursor_execute")
+        def record(conn, cursor, statement, *args):
+            if statement.startswith("INSERT"):
+                inserts.append(statement)
+
+    @app.post("/post")
+    def post():
+        assert current_user.name == "ada"
+        db.session.commit()  # as a before_request commit would: current_user is expired
+        db.session.add(Member(name="pending"))
+        inserts.clear()
+        with app.unified_session_manager.get_db_session() as session:
+            flushed_on_entry = list(inserts)
+            user_id = session.info["user_id"]
+        return {"flushed_on_entry": flushed_on_entry, "user_id": user_id}
+
+    response = app.test_client().post("/post", headers={"X-Member": "1"})
+    assert response.status_code == 200, response.text
+    assert response.json == {"flushed_on_entry": [], "user_id": "1"}
+    with app.app_context():
+        assert db.session.scalars(sa.select(Member.name).order_by(Member.id)).all() == [
+            "ada",
+            "pending",
+        ]
+        db.engine.dispose()
