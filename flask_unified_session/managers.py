@@ -30,7 +30,7 @@ __all__ = ["COMMIT_MODES", "RequestSessionManager", "UnitOfWorkManager"]
 COMMIT_MODES = ("manual", "autocommit", "autocommit_include_redirect")
 _LAST_COMMIT_STATUS = {"autocommit": 299, "autocommit_include_redirect": 399}
 _G_SESSION = "_unified_session_request_session"
-_G_OPENED_AT = "_unified_session_request_opened_at"
+_G_TIMED = "_unified_session_request_timed"  # (opened at, session)
 
 log = logging.getLogger("flask_unified_session")
 # blinker connects and disconnects in place: a truth test of this dict is the check.
@@ -133,13 +133,13 @@ class RequestSessionManager:
             if session is None:
                 session = self.factory.sessionmaker()
                 setattr(context.g, _G_SESSION, session)
-        if _closed_receivers and _G_OPENED_AT not in context.g:
+        if _closed_receivers and _G_TIMED not in context.g:
             self._time_until_teardown(context, session)
         return session
 
     def _time_until_teardown(self, context: AppContext, session: Session) -> None:
         # Its session_closed signal is sent at teardown, with the time since now.
-        setattr(context.g, _G_OPENED_AT, (perf_counter(), session))
+        setattr(context.g, _G_TIMED, (perf_counter(), session))
         if self.db is not None and not self._reporting_at_teardown:
             # Flask-SQLAlchemy closes db.session at teardown; this reports it afterwards.
             # Connected on first need: an app whose sessions nobody times pays nothing.
@@ -177,7 +177,7 @@ class RequestSessionManager:
     def _close_at_teardown(self, _exc: BaseException | None) -> None:
         # Never commits: whatever a block or the commit mode did not commit is rolled back.
         context_g = _cv_app.get().g
-        timed = context_g.pop(_G_OPENED_AT, None)
+        timed = context_g.pop(_G_TIMED, None)
         session = context_g.pop(_G_SESSION, None)
         if session is None:
             return
@@ -192,7 +192,7 @@ class RequestSessionManager:
         # appcontext_tearing_down is sent after the teardown functions, Flask-SQLAlchemy's
         # db.session.remove() included, with the app context still pushed.
         context = _cv_app.get(None)
-        timed = context.g.pop(_G_OPENED_AT, None) if context is not None else None
+        timed = context.g.pop(_G_TIMED, None) if context is not None else None
         if timed is not None and _closed_receivers:
             self._report_closed(timed[1], timed[0])
 

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import os
 import threading
-import weakref
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Generic, TypeVar
 
 __all__ = ["ProcessDefault"]
 
 T = TypeVar("T")
-
-_instances: weakref.WeakSet[ProcessDefault[Any]] = weakref.WeakSet()
 
 
 class ProcessDefault(Generic[T]):
@@ -26,7 +23,8 @@ class ProcessDefault(Generic[T]):
         self._make = make
         self._value: T | None = None
         self._lock = threading.Lock()
-        _instances.add(self)
+        if hasattr(os, "register_at_fork"):  # the defaults live as long as the process
+            os.register_at_fork(after_in_child=self._renew_lock)
 
     def get(self) -> T:
         """The default, made now if there is none."""
@@ -49,13 +47,3 @@ class ProcessDefault(Generic[T]):
 
     def _renew_lock(self) -> None:
         self._lock = threading.Lock()
-
-
-def _renew_locks_in_child() -> None:
-    # No lock is taken here: iterating a WeakSet takes none.
-    for default in list(_instances):
-        default._renew_lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_renew_locks_in_child)

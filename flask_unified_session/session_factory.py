@@ -209,7 +209,7 @@ class SessionFactory:
 
 # -- the default factory and the module-level functions ---------------------------------
 
-_default: ProcessDefault[SessionFactory] = ProcessDefault(lambda: SessionFactory.from_env())
+_default: ProcessDefault[SessionFactory] = ProcessDefault(SessionFactory.from_env)
 # Consulted in order by the module-level functions: the Flask layer adds one that returns
 # the current app's factory, so a script and a route share one pool.
 _current_factory_hooks: list[Callable[[], SessionFactory | None]] = []
