@@ -145,8 +145,17 @@ class UnifiedSession:
                 req = request_context.request
                 environ = req.environ
                 # One id per request, kept in the environ (a namespaced key).
-                request_id = environ.get(_ENVIRON_REQUEST_ID) or _new_request_id(environ)
-                info = {"endpoint": req.endpoint, "request_id": request_id}
+                request_id = environ.get(_ENVIRON_REQUEST_ID)
+                if request_id is None:
+                    request_id = environ.get("HTTP_X_REQUEST_ID") or (
+                        f"{_request_ids.prefix}-{next(_request_ids.counter)}"
+                    )
+                    environ[_ENVIRON_REQUEST_ID] = request_id
+                rule = req.url_rule  # what req.endpoint reads, without its property call
+                info = {
+                    "endpoint": rule.endpoint if rule is not None else None,
+                    "request_id": request_id,
+                }
                 logged_in = getattr(app, "login_manager", None) is not None
                 if not (logged_in or providers):
                     return info  # no user code to run
@@ -262,22 +271,14 @@ class _RequestIds:
         self.reseed()
 
     def reseed(self) -> None:
+        # Read in context() as f"{prefix}-{next(counter)}", with no call of its own.
         self.prefix = secrets.token_hex(6)
         self.counter = itertools.count(1)
-
-    def next(self) -> str:
-        return f"{self.prefix}-{next(self.counter):x}"
 
 
 _request_ids = _RequestIds()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_request_ids.reseed)
-
-
-def _new_request_id(environ: dict[str, Any]) -> str:
-    request_id: str = environ.get("HTTP_X_REQUEST_ID") or _request_ids.next()
-    environ[_ENVIRON_REQUEST_ID] = request_id
-    return request_id
 
 
 _ENVIRON_USER = "flask_unified_session.user"

@@ -105,20 +105,24 @@ class RequestSessionManager:
 
     def current_session(self) -> Session:
         """The current app context's session, created on first use; closed at teardown."""
-        return self.session_in(_cv_app.get())
+        session = self.context_session()
+        if session is None:
+            raise RuntimeError(
+                "request_session_manager.current_session() needs an application context "
+                f"of app {self.app.name!r} (a request, a CLI command, or 'with "
+                "app.app_context():'); outside one, use flask_unified_session.session_scope()"
+            )
+        return session
 
     def context_session(self) -> Session | None:
         """The session of the current app context if it is this app's, else None.
 
-        What the factory's outermost units of work run on (one session per app context).
+        What the factory's outermost units of work run on (one session per app context);
+        created on first use.
         """
         context = _cv_app.get(None)
         if context is None or context.app is not self.app:
             return None
-        return self.session_in(context)
-
-    def session_in(self, context: AppContext) -> Session:
-        """The session of ``context`` (an app context of this app), created on first use."""
         by_context = self._sessions_by_context
         if by_context is not None:
             key = id(context)

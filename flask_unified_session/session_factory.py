@@ -166,14 +166,15 @@ class SessionFactory:
             from .replicas import primary_unit
 
             return primary_unit(self, self.replicas, nested=nested, independent=independent)
+        # Positional: a class called with keywords builds a dict for them on every unit.
         return UnitOfWork(
             self,
             self.sessionmaker,
-            nested=nested,
-            independent=independent,
-            sender=self.signal_sender,
-            context=self.context_provider,
-            context_session=self.context_session,
+            nested,
+            independent,
+            self.signal_sender,
+            self.context_provider,
+            self.context_session,
         )
 
     def get_session_generator(self) -> Iterator[Session]:

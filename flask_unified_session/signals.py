@@ -25,11 +25,6 @@ session_closed = _signals.signal("session-closed", doc="A unit of work closed it
 ALL = (session_opened, session_committed, session_rolled_back, session_closed)
 
 
-# The receiver dicts themselves: blinker connects and disconnects in place, never
-# replacing them, so one any() over them answers on every unit of work.
-_RECEIVERS = tuple(signal.receivers for signal in ALL)
-
-
-def anyone_listening() -> bool:
-    """True when any lifecycle signal has a receiver."""
-    return any(_RECEIVERS)
+#: The receiver dicts themselves: blinker connects and disconnects in place, never
+#: replacing them, so ``any(RECEIVERS)`` tells on every unit of work whether anyone listens.
+RECEIVERS = tuple(signal.receivers for signal in ALL)

@@ -10,9 +10,9 @@ from a snapshot:
   ``(owner, key)`` until that unit exits; units entered meanwhile by the same owner with
   the same key join it. A unit exited (in any order, in any thread or context) is marked
   closed and is never joined again; a process forked while it is open does not see it.
-* A transaction is a stack of :class:`Level` objects: the outermost one, and one per
-  ``nested=True`` unit (a SAVEPOINT). An exception escaping a joined unit dooms the
-  level it joined: that level rolls back at its end and raises
+* A transaction is a stack of :class:`Level` objects: the outermost one (the transaction
+  itself), and one per ``nested=True`` unit (a SAVEPOINT). An exception escaping a joined
+  unit dooms the level it joined: that level rolls back at its end and raises
   :class:`DoomedTransactionError`, and no commit can persist anything meanwhile.
 * Hooks (:func:`flask_unified_session.on_commit`) live in levels: a released savepoint
   hands them to its parent, a rolled-back one drops them, and the outermost runs them
@@ -179,7 +179,7 @@ def _live(transaction: Transaction | None) -> Transaction | None:
 
 
 class Level:
-    """One level of a transaction: the outermost, or a SAVEPOINT."""
+    """One level of a transaction: a SAVEPOINT, or (as :class:`Transaction`) the outermost."""
 
     __slots__ = ("doomed", "hooks", "open", "parent", "savepoint")
 
@@ -200,17 +200,23 @@ class Level:
 _serials = iter(range(1, sys.maxsize))
 
 
-class Transaction:
-    """The state of one outermost unit of work, from its entry to its exit."""
+class Transaction(Level):
+    """The state of one outermost unit of work, from its entry to its exit.
+
+    It is its own outermost level; each ``nested=True`` unit adds a SAVEPOINT level, in
+    :attr:`savepoints` (not the transaction itself: a list holding its owner would be a
+    reference cycle, left to the garbage collector after every unit).
+    """
 
     __slots__ = (
         "closed",
         "doom_guard",
         "key",
-        "levels",
         "listening",
         "owner_units",
+        "owns_session",
         "pid",
+        "savepoints",
         "sender",
         "serial",
         "session",
@@ -218,45 +224,38 @@ class Transaction:
         "started",
     )
 
-    def __init__(self, key: object, session: Session, sender: object) -> None:
+    def __init__(self, key: object, session: Session, sender: object, owns_session: bool) -> None:
+        self.savepoint = self.parent = self.doomed = None
+        self.hooks = []
+        self.open = True
         self.key = key
         self.session = session
         self.sender = sender
+        #: whether the transaction closes its session (not the app context's one)
+        self.owns_session = owns_session
         self.pid = _pid
         self.serial = next(_serials)
-        self.levels: list[Level] = [Level(None, None)]
+        self.savepoints: list[Level] = []
         self.closed = False
         self.shadowed: Transaction | None = None
         self.owner_units: dict[object, Transaction] | None = None
         self.doom_guard: Callable[..., None] | None = None
-        self.listening = signals.anyone_listening()
+        self.listening = any(signals.RECEIVERS)
         self.started = perf_counter() if self.listening else 0.0
 
     @property
-    def doomed(self) -> BaseException | None:
-        """The exception that doomed an open level, if one is doomed."""
-        for level in self.levels:
+    def any_doomed(self) -> BaseException | None:
+        """The exception that doomed a level, if one is doomed."""
+        if self.doomed is not None:
+            return self.doomed
+        for level in self.savepoints:
             if level.doomed is not None:
                 return level.doomed
         return None
 
     def innermost(self) -> Level:
-        return self.levels[-1]
-
-    def register(self, units: dict[object, Transaction]) -> None:
-        self.shadowed = units.get(self.key)
-        units[self.key] = self
-        self.owner_units = units
-
-    def unregister(self) -> None:
-        self.closed = True
-        units = self.owner_units
-        if units is not None and units.get(self.key) is self:
-            previous = _live(self.shadowed) if self.shadowed is not None else None
-            if previous is None:
-                del units[self.key]
-            else:
-                units[self.key] = previous
+        savepoints = self.savepoints
+        return savepoints[-1] if savepoints else self
 
     def doom(self, level: Level, cause: BaseException) -> None:
         target = level.nearest_open()
@@ -266,14 +265,14 @@ class Transaction:
         if self.doom_guard is None:
             # Nothing may commit while a level is doomed: a manual session.commit() raises.
             def refuse_commit(_session: Session) -> None:
-                raise DoomedTransactionError(_doomed_message(self.doomed))
+                raise DoomedTransactionError(_doomed_message(self.any_doomed))
 
             event.listen(self.session, "before_commit", refuse_commit)
             self.doom_guard = refuse_commit
 
     def drop_guard_if_clear(self) -> None:
         guard = self.doom_guard
-        if guard is not None and self.doomed is None:
+        if guard is not None and self.any_doomed is None:
             self.doom_guard = None
             _quietly(
                 lambda: event.remove(self.session, "before_commit", guard),
@@ -316,7 +315,6 @@ class UnitOfWork:
         "_context_session",
         "_joined",
         "_level",
-        "_owns_session",
         "_transaction",
         "independent",
         "key",
@@ -330,7 +328,6 @@ class UnitOfWork:
         self,
         key: object,
         open_session: Callable[[], Session],
-        *,
         nested: bool = False,
         independent: bool = False,
         sender: object = None,
@@ -350,9 +347,9 @@ class UnitOfWork:
         self._transaction: Transaction | None = None
         self._level: Level | None = None
         self._joined = False
-        self._owns_session = True
 
     def __enter__(self) -> Session:
+        # Joins the owner's open unit of this key, if any; else opens the outermost unit.
         if self._transaction is not None:
             raise RuntimeError(
                 "this scope is already active: a scope object is entered once at a time; "
@@ -364,18 +361,16 @@ class UnitOfWork:
             transaction = _live(units.get(self.key))
             if transaction is not None:
                 return self._join(transaction)
-        return self._open(owner, units)
-
-    def _open(self, owner: object, units: dict[object, Transaction] | None) -> Session:
-        # ``units``: the owner's open units, None if it has none yet (created only once
-        # this unit is registered, below).
         session = None
         if self._context_session is not None and not self.independent:
             session = self._context_session()
-        self._owns_session = session is None
+        owns_session = session is None
         if session is None:
             session = self.open_session()
-        transaction = Transaction(self.key, session, self.sender)
+        transaction = Transaction(self.key, session, self.sender, owns_session)
+        if units is None:
+            # Before the context provider, which may run units of its own (a user loader).
+            units = _open[weakref.ref(owner, _forget_owner)] = {}
         # Registered last: if a context provider raises, the block never runs and no
         # __exit__ would unregister it.
         try:
@@ -384,23 +379,21 @@ class UnitOfWork:
                 if context:  # session.info is created on first access: only if needed
                     session.info.update(context)
         except BaseException:
-            if self._owns_session:
+            if owns_session:
                 _quietly(session.close, "closing the session")
             raise
         if transaction.listening:
             transaction.emit(signals.session_opened)
-        if units is None:
-            units = _open.get(weakref.ref(owner))  # a context provider may have opened one
-            if units is None:
-                units = _open[weakref.ref(owner, _forget_owner)] = {}
-        transaction.register(units)
-        self._transaction = transaction
-        self._level = transaction.levels[0]
+        # Shadows the key's open transaction, if any (an independent unit).
+        transaction.shadowed = units.get(self.key)
+        units[self.key] = transaction
+        transaction.owner_units = units
+        self._transaction = self._level = transaction
         self._joined = False
         return session
 
     def _join(self, transaction: Transaction) -> Session:
-        doomed = transaction.doomed
+        doomed = transaction.any_doomed
         if doomed is not None:
             raise DoomedTransactionError(_doomed_message(doomed)) from doomed
         session = transaction.session
@@ -410,7 +403,7 @@ class UnitOfWork:
         parent = transaction.innermost()
         if self.nested:
             level = Level(session.begin_nested(), parent)
-            transaction.levels.append(level)
+            transaction.savepoints.append(level)
         else:
             level = parent
         self._transaction = transaction
@@ -424,49 +417,31 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # A joined unit leaves its level; the outermost one commits or rolls back, closes.
         transaction, level = self._transaction, self._level
         self._transaction = self._level = None
         if transaction is None or level is None:
             raise RuntimeError("this scope was exited without being entered")
-        if not self._joined:
-            self._exit_outermost(transaction, exc)
-        elif self.nested:
-            self._exit_savepoint(transaction, level, exc)
-        elif exc is not None:
-            transaction.doom(level, exc)
-
-    def _exit_savepoint(
-        self, transaction: Transaction, level: Level, exc: BaseException | None
-    ) -> None:
-        level.open = False
-        if level in transaction.levels:
-            transaction.levels.remove(level)
-        savepoint = level.savepoint
-        assert savepoint is not None
-        doomed = level.doomed
-        try:
-            if exc is None and doomed is None:
-                if savepoint.is_active:
-                    try:
-                        savepoint.commit()
-                    except BaseException:
-                        _quietly(savepoint.rollback, "rolling back a savepoint")
-                        raise
-                parent = level.parent.nearest_open() if level.parent is not None else None
-                if parent is not None:
-                    parent.hooks.extend(level.hooks)
-                return
-            if savepoint.is_active:
-                _quietly(savepoint.rollback, "rolling back a savepoint")
-            if exc is None:
-                raise DoomedTransactionError(_doomed_message(doomed)) from doomed
-        finally:
-            transaction.drop_guard_if_clear()
-
-    def _exit_outermost(self, transaction: Transaction, exc: BaseException | None) -> None:
-        transaction.unregister()
-        doomed = None  # what transaction.doomed gives, in the same pass
-        for level in transaction.levels:
+        if self._joined:
+            if self.nested:
+                self._exit_savepoint(transaction, level, exc)
+            elif exc is not None:
+                transaction.doom(level, exc)
+            return
+        # Unregistered first: whatever happens below, no unit joins it again.
+        transaction.closed = True
+        transaction.open = False
+        units = transaction.owner_units
+        key = transaction.key
+        if units is not None and units.get(key) is transaction:
+            shadowed = transaction.shadowed
+            previous = _live(shadowed) if shadowed is not None else None
+            if previous is None:
+                del units[key]
+            else:
+                units[key] = previous
+        doomed = transaction.doomed
+        for level in transaction.savepoints:  # left open by a unit that never exited
             level.open = False
             if doomed is None:
                 doomed = level.doomed
@@ -499,20 +474,47 @@ class UnitOfWork:
                     raise DoomedTransactionError(_doomed_message(doomed)) from doomed
         finally:
             if doomed is not None:
-                for level in transaction.levels:
+                transaction.doomed = None
+                for level in transaction.savepoints:
                     level.doomed = None
             if transaction.doom_guard is not None:
                 transaction.drop_guard_if_clear()
-            if self._owns_session:
+            if transaction.owns_session:
                 if failed:
                     _quietly(session.close, "closing the session")
                 else:
                     session.close()
                 transaction.emit(signals.session_closed)
-        if committed:
-            hooks = transaction.levels[0].hooks
-            if hooks:
-                _run_hooks(hooks)
+        if committed and transaction.hooks:
+            _run_hooks(transaction.hooks)
+
+    def _exit_savepoint(
+        self, transaction: Transaction, level: Level, exc: BaseException | None
+    ) -> None:
+        level.open = False
+        if level in transaction.savepoints:
+            transaction.savepoints.remove(level)
+        savepoint = level.savepoint
+        assert savepoint is not None
+        doomed = level.doomed
+        try:
+            if exc is None and doomed is None:
+                if savepoint.is_active:
+                    try:
+                        savepoint.commit()
+                    except BaseException:
+                        _quietly(savepoint.rollback, "rolling back a savepoint")
+                        raise
+                parent = level.parent.nearest_open() if level.parent is not None else None
+                if parent is not None:
+                    parent.hooks.extend(level.hooks)
+                return
+            if savepoint.is_active:
+                _quietly(savepoint.rollback, "rolling back a savepoint")
+            if exc is None:
+                raise DoomedTransactionError(_doomed_message(doomed)) from doomed
+        finally:
+            transaction.drop_guard_if_clear()
 
 
 #: Capture lists (``flask_unified_session.testing.on_commit``): while one is pushed, hooks

@@ -171,6 +171,19 @@ def test_session_scope_outside_an_app_context_says_what_to_use(make_app):
     assert "create_session()" in str(info.value)
 
 
+@sqlite_only
+def test_current_session_outside_its_app_context_says_so(make_app, flavour):
+    """current_session() outside an app context, or in another app's: an error naming it."""
+    with_db = flavour == "flask_sqlalchemy"
+    app, other = make_app(flask_sqlalchemy=with_db), make_app(flask_sqlalchemy=with_db)
+    with pytest.raises(RuntimeError, match=rf"application context of app {app.name!r}"):
+        app.request_session_manager.current_session()
+    with other.app_context(), pytest.raises(RuntimeError, match=r"current_session\(\)"):
+        app.request_session_manager.current_session()
+    with app.app_context():
+        assert app.request_session_manager.current_session() is not None
+
+
 def test_session_scope_in_an_app_context_without_a_request(make_app, flavour, observer):
     """In a CLI-style app context the request manager works and teardown closes."""
     app = make_app(flask_sqlalchemy=flavour == "flask_sqlalchemy")

@@ -177,22 +177,29 @@ def test_session_info_records_endpoint_and_request_id(make_app, observer):
     assert infos[1]["request_id"].split("-")[0] == infos[2]["request_id"].split("-")[0]
 
 
-def test_forked_worker_draws_new_request_id_prefix():
+@sqlite_only
+def test_forked_worker_draws_new_request_id_prefix(make_app):
     """A forked worker's generated request ids never repeat its parent's."""
     import os
 
-    from flask_unified_session.extension import _request_ids
+    app = make_app()
 
-    parent = _request_ids.next()
+    @app.get("/id")
+    def request_id_view():
+        with app.unified_session_manager.get_db_session() as session:
+            return str(session.info["request_id"])
+
+    parent = app.test_client().get("/id").get_data(as_text=True)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
-        os.write(write, _request_ids.next().encode())
+        os.write(write, app.test_client().get("/id").get_data())
         os._exit(0)
     os.close(write)
     os.waitpid(pid, 0)
     child = os.read(read, 100).decode()
     os.close(read)
+    assert child.count("-") == parent.count("-") == 1
     assert child.split("-")[0] != parent.split("-")[0]
 
 
