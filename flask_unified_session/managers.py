@@ -12,7 +12,7 @@ from collections.abc import Callable
 from time import perf_counter
 from typing import TYPE_CHECKING
 
-from flask import Flask, Response, appcontext_tearing_down, g, has_app_context
+from flask import Flask, Response, appcontext_tearing_down, g
 from flask.ctx import AppContext
 from flask.globals import _cv_app
 from sqlalchemy.orm import Session
@@ -94,7 +94,7 @@ class RequestSessionManager:
         the one behind ``db.session``) stays open, its objects attached, until the app
         context ends. It records who acted in ``session.info``.
         """
-        if not has_app_context():
+        if _cv_app.get(None) is None:
             raise RuntimeError(
                 "request_session_manager.session_scope() needs an application context "
                 "(a request, a CLI command, or 'with app.app_context():'). Outside one, use "

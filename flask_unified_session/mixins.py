@@ -37,9 +37,7 @@ class SessionServiceMixin:
         if context is not None:
             manager = getattr(context.app, "unified_session_manager", None)
             if manager is not None:
-                scope: UnitOfWork = manager.get_db_session(
-                    nested=nested, independent=independent, readonly=readonly
-                )
+                scope: UnitOfWork = manager.get_db_session(nested, independent, readonly)
                 return scope
         db_manager = getattr(self, "db_manager", None)
         if db_manager is None:

@@ -249,9 +249,7 @@ def session_scope(
     nested: bool = False, independent: bool = False, readonly: bool = False
 ) -> UnitOfWork:
     """A unit of work on the current factory: commit, or roll back, then close."""
-    return current_factory().session_scope(
-        nested=nested, independent=independent, readonly=readonly
-    )
+    return current_factory().session_scope(nested, independent, readonly)
 
 
 def get_session_generator() -> Iterator[Session]:

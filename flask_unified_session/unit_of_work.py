@@ -241,7 +241,8 @@ class Transaction(Level):
         self.owner_units: dict[object, Transaction] | None = None
         self.doom_guard: Callable[..., None] | None = None
         self.listening = any(signals.RECEIVERS)
-        self.started = perf_counter() if self.listening else 0.0
+        if self.listening:  # ``started`` is read only to send a signal
+            self.started = perf_counter()
 
     @property
     def any_doomed(self) -> BaseException | None:
