@@ -339,41 +339,46 @@ def unit_candidates(bench: Bench, *, write: bool, per_context: int = 1) -> dict[
 # -- W3 --------------------------------------------------------------------------------
 
 
-def route_candidates(bench: Bench) -> dict[str, Batch]:
-    """Each route called as a WSGI application with a prepared environ (no test client)."""
+def wsgi_batch(app: Flask, prefix: str, errors: dict[str, int]) -> Batch:
+    """A batch calling ``POST /<prefix>/<id>`` of ``app`` as a WSGI application per id.
+
+    The environ is prepared once (no test client); a non-200 answer counts in ``errors``.
+    """
     base = EnvironBuilder(path="/", method="POST", base_url="http://bench.local/").get_environ()
     status: list[str] = []
-    errors = bench.w3_errors
 
     def start_response(s: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
         status.append(s)
         return None
 
-    def make(app: Flask, prefix: str) -> Batch:
-        def batch(ids: list[int]) -> None:
-            for i in ids:
-                environ = dict(base)
-                environ["PATH_INFO"] = f"/{prefix}/{i}"
-                environ["wsgi.input"] = io.BytesIO(b"")
-                body = app(environ, start_response)
-                for _ in body:
-                    pass
-                close = getattr(body, "close", None)
-                if close is not None:
-                    close()
-                if status.pop() != "200 OK":
-                    errors["count"] += 1
+    def batch(ids: list[int]) -> None:
+        for i in ids:
+            environ = dict(base)
+            environ["PATH_INFO"] = f"/{prefix}/{i}"
+            environ["wsgi.input"] = io.BytesIO(b"")
+            body = app(environ, start_response)
+            for _ in body:
+                pass
+            close = getattr(body, "close", None)
+            if close is not None:
+                close()
+            if status.pop() != "200 OK":
+                errors["count"] += 1
 
-        return batch
+    return batch
 
+
+def route_candidates(bench: Bench) -> dict[str, Batch]:
+    """Each route called as a WSGI application with a prepared environ (no test client)."""
+    errors = bench.w3_errors
     return {
-        FLOOR: make(bench.floor_app, "sqlalchemy"),
-        FSA: make(bench.fsa_app, "flask_sqlalchemy"),
-        UOW: make(bench.app, "get_db_session"),
-        UOW_OWN: make(bench.own_app, "get_db_session"),
-        RSM: make(bench.app, "request_manager"),
-        MIXIN: make(bench.app, "mixin"),
-        "session_scope()": make(bench.app, "session_scope"),
+        FLOOR: wsgi_batch(bench.floor_app, "sqlalchemy", errors),
+        FSA: wsgi_batch(bench.fsa_app, "flask_sqlalchemy", errors),
+        UOW: wsgi_batch(bench.app, "get_db_session", errors),
+        UOW_OWN: wsgi_batch(bench.own_app, "get_db_session", errors),
+        RSM: wsgi_batch(bench.app, "request_manager", errors),
+        MIXIN: wsgi_batch(bench.app, "mixin", errors),
+        "session_scope()": wsgi_batch(bench.app, "session_scope", errors),
     }
 
 
