@@ -34,11 +34,11 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from flask import Flask, current_app
+from flask import Flask
 from flask_sqlalchemy import SQLAlchemy
 
 from .common import User, create_schema, drop_schema, postgresql_url, reachable, table
-from .units import FSA, no_fsync, run_paired, wsgi_batch
+from .units import FSA, library_views, no_fsync, run_paired, service_class, wsgi_batch
 
 PACKAGE = "flask_unified_session"
 RENAMED = "fus_rev"
@@ -69,37 +69,7 @@ def make_app(name: str, url: str, package: ModuleType) -> Flask:
     package.UnifiedSession(app, db=db)
     with app.app_context():
         no_fsync(db.engine)
-    session_scope = package.session_scope
-
-    class Service(package.SessionServiceMixin):  # type: ignore[misc, name-defined]
-        db_manager = None
-
-        def touch(self, user_id: int) -> None:
-            with self.db_session() as session:
-                session.get(User, user_id).counter += 1
-
-    service = Service()
-
-    def get_db_session(user_id: int) -> str:
-        with current_app.unified_session_manager.get_db_session() as session:  # type: ignore[attr-defined]
-            session.get(User, user_id).counter += 1
-        return "ok"
-
-    def request_manager(user_id: int) -> str:
-        with current_app.request_session_manager.session_scope() as session:  # type: ignore[attr-defined]
-            session.get(User, user_id).counter += 1
-        return "ok"
-
-    def scope(user_id: int) -> str:
-        with session_scope() as session:
-            session.get(User, user_id).counter += 1
-        return "ok"
-
-    def mixin(user_id: int) -> str:
-        service.touch(user_id)
-        return "ok"
-
-    views = dict(zip(ENTRY_POINTS, (get_db_session, request_manager, scope, mixin), strict=True))
+    views = library_views(package.session_scope, service_class(package.SessionServiceMixin)())
     for prefix, view in views.items():
         app.add_url_rule(f"/{prefix}/<int:user_id>", prefix, view, methods=["POST"])
     return app

@@ -79,16 +79,24 @@ class Result:
         return median(self.cpu) * 1e6
 
 
-class Service(SessionServiceMixin):
-    db_manager = None
+def service_class(mixin: type[Any]) -> type[Any]:
+    """A service on ``mixin`` (a version's ``SessionServiceMixin``): W1's and W2's work."""
 
-    def touch(self, user_id: int) -> None:
-        with self.db_session() as session:
-            session.get(User, user_id).counter += 1  # type: ignore[union-attr]
+    class Service(mixin):  # type: ignore[misc, valid-type]
+        db_manager = None
 
-    def read(self, user_id: int) -> None:
-        with self.db_session() as session:
-            session.get(User, user_id)
+        def touch(self, user_id: int) -> None:
+            with self.db_session() as session:
+                session.get(User, user_id).counter += 1
+
+        def read(self, user_id: int) -> None:
+            with self.db_session() as session:
+                session.get(User, user_id)
+
+    return Service
+
+
+Service = service_class(SessionServiceMixin)
 
 
 def _sqlite_no_sync(dbapi_connection: Any, _record: Any) -> None:
@@ -187,18 +195,15 @@ def build(url: str) -> Bench:
     return bench
 
 
-def _add_w3_routes(bench: Bench) -> None:
-    Session, fsa_db, service = bench.Session, bench.fsa_db, bench.service
+def library_views(
+    scope_function: Callable[[], Any], service: Any
+) -> dict[str, Callable[[int], str]]:
+    """The W3 views of the library's four entry points, by URL prefix.
 
-    def plain(user_id: int) -> str:
-        with Session.begin() as session:
-            session.get(User, user_id).counter += 1
-        return "ok"
-
-    def fsa(user_id: int) -> str:
-        fsa_db.session.get(User, user_id).counter += 1  # type: ignore[union-attr]
-        fsa_db.session.commit()
-        return "ok"
+    ``scope_function`` and ``service`` come from one version of the library (its
+    ``session_scope`` and a :func:`service_class` instance): ``benchmarks.against`` builds
+    them for two versions.
+    """
 
     def uow(user_id: int) -> str:
         with current_app.unified_session_manager.get_db_session() as session:  # type: ignore[attr-defined]
@@ -211,24 +216,40 @@ def _add_w3_routes(bench: Bench) -> None:
         return "ok"
 
     def scope(user_id: int) -> str:
-        with session_scope() as session:
-            session.get(User, user_id).counter += 1  # type: ignore[union-attr]
+        with scope_function() as session:
+            session.get(User, user_id).counter += 1
         return "ok"
 
     def mixin(user_id: int) -> str:
         service.touch(user_id)
         return "ok"
 
+    return {
+        "get_db_session": uow,
+        "request_manager": request_manager,
+        "session_scope": scope,
+        "mixin": mixin,
+    }
+
+
+def _add_w3_routes(bench: Bench) -> None:
+    Session, fsa_db = bench.Session, bench.fsa_db
+
+    def plain(user_id: int) -> str:
+        with Session.begin() as session:
+            session.get(User, user_id).counter += 1
+        return "ok"
+
+    def fsa(user_id: int) -> str:
+        fsa_db.session.get(User, user_id).counter += 1  # type: ignore[union-attr]
+        fsa_db.session.commit()
+        return "ok"
+
+    views = library_views(session_scope, bench.service)
     _routes(bench.floor_app, sqlalchemy=plain)
     _routes(bench.fsa_app, flask_sqlalchemy=fsa)
-    _routes(
-        bench.app,
-        get_db_session=uow,
-        request_manager=request_manager,
-        session_scope=scope,
-        mixin=mixin,
-    )
-    _routes(bench.own_app, get_db_session=uow)
+    _routes(bench.app, **views)
+    _routes(bench.own_app, get_db_session=views["get_db_session"])
 
 
 def engine_options(url: str, application_name: str | None = None) -> dict[str, Any]:

@@ -25,6 +25,6 @@ session_closed = _signals.signal("session-closed", doc="A unit of work closed it
 ALL = (session_opened, session_committed, session_rolled_back, session_closed)
 
 
-#: The receiver dicts themselves: blinker connects and disconnects in place, never
-#: replacing them, so ``any(RECEIVERS)`` tells on every unit of work whether anyone listens.
-RECEIVERS = tuple(signal.receivers for signal in ALL)
+# The receiver dicts themselves: blinker connects and disconnects in place, never
+# replacing them, so any(_RECEIVERS) tells a unit of work whether anyone listens.
+_RECEIVERS = tuple(signal.receivers for signal in ALL)

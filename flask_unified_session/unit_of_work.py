@@ -203,9 +203,9 @@ _serials = iter(range(1, sys.maxsize))
 class Transaction(Level):
     """The state of one outermost unit of work, from its entry to its exit.
 
-    It is its own outermost level; each ``nested=True`` unit adds a SAVEPOINT level, in
-    :attr:`savepoints` (not the transaction itself: a list holding its owner would be a
-    reference cycle, left to the garbage collector after every unit).
+    It is its own outermost level; each ``nested=True`` unit adds a SAVEPOINT level to
+    :attr:`savepoints`. The transaction is not in that list: that would make every
+    transaction a reference cycle, left to the garbage collector.
     """
 
     __slots__ = (
@@ -240,7 +240,7 @@ class Transaction(Level):
         self.shadowed: Transaction | None = None
         self.owner_units: dict[object, Transaction] | None = None
         self.doom_guard: Callable[..., None] | None = None
-        self.listening = any(signals.RECEIVERS)
+        self.listening = any(signals._RECEIVERS)
         if self.listening:  # ``started`` is read only to send a signal
             self.started = perf_counter()
 
@@ -372,8 +372,8 @@ class UnitOfWork:
         if units is None:
             # Before the context provider, which may run units of its own (a user loader).
             units = _open[weakref.ref(owner, _forget_owner)] = {}
-        # Registered last: if a context provider raises, the block never runs and no
-        # __exit__ would unregister it.
+        # The transaction is registered last: if a context provider raises, the block
+        # never runs and no __exit__ would unregister it.
         try:
             if self._context is not None:
                 context = self._context()
@@ -442,7 +442,7 @@ class UnitOfWork:
             else:
                 units[key] = previous
         doomed = transaction.doomed
-        for level in transaction.savepoints:  # left open by a unit that never exited
+        for level in transaction.savepoints:  # still open: exits come in any order
             level.open = False
             if doomed is None:
                 doomed = level.doomed
