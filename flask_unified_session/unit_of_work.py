@@ -170,7 +170,7 @@ def current_transaction(key: object | None = None) -> Transaction | None:
 
 def _live(transaction: Transaction | None) -> Transaction | None:
     # An independent unit shadows the one it was opened in; skip any that have exited.
-    while transaction is not None and (transaction.closed or transaction.pid != _pid):
+    while transaction is not None and (not transaction.open or transaction.pid != _pid):
         transaction = transaction.shadowed
     return transaction
 
@@ -209,7 +209,6 @@ class Transaction(Level):
     """
 
     __slots__ = (
-        "closed",
         "doom_guard",
         "key",
         "listening",
@@ -236,7 +235,6 @@ class Transaction(Level):
         self.pid = _pid
         self.serial = next(_serials)
         self.savepoints: list[Level] = []
-        self.closed = False
         self.shadowed: Transaction | None = None
         self.owner_units: dict[object, Transaction] | None = None
         self.doom_guard: Callable[..., None] | None = None
@@ -430,7 +428,6 @@ class UnitOfWork:
                 transaction.doom(level, exc)
             return
         # Unregistered first: whatever happens below, no unit joins it again.
-        transaction.closed = True
         transaction.open = False
         units = transaction.owner_units
         key = transaction.key
