@@ -224,6 +224,8 @@ class Transaction(Level):
     )
 
     def __init__(self, key: object, session: Session, sender: object, owns_session: bool) -> None:
+        # Level's five slots, set here rather than through super().__init__(): one frame
+        # less on every unit. A slot added to Level must be set here too.
         self.savepoint = self.parent = self.doomed = None
         self.hooks = []
         self.open = True

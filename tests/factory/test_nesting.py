@@ -406,3 +406,17 @@ def test_a_raising_opened_receiver_does_not_stop_the_unit(
     finally:
         signals.session_opened.disconnect(receiver)
     assert observer.names() == ["kept"]
+
+
+def test_a_transaction_sets_every_slot_of_its_outermost_level():
+    """Transaction initialises Level's slots itself (no super().__init__): none is missed."""
+    from flask_unified_session.unit_of_work import Level, Transaction
+
+    session = Session(sa.create_engine("sqlite://"))
+    try:
+        transaction = Transaction("key", session, None, True)
+        level = Level(None, None)
+        for name in Level.__slots__:
+            assert getattr(transaction, name) == getattr(level, name), name
+    finally:
+        session.close()
